@@ -1,0 +1,27 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+# Each creates .venv and installs the pinned stack into it when it is missing
+# or older than pyproject.toml, then does its job.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export DS_ACCELERATOR ?= cpu
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/unimodal demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf runs data/demo

@@ -1,0 +1,1 @@
+"""unimodal: pretrain one shared Transformer on image, video, audio and text."""

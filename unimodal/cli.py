@@ -1,0 +1,157 @@
+"""The `unimodal` command.
+
+    unimodal data demo OUT_DIR               write the demo shards
+    unimodal tokenizer train SHARDS... --out DIR
+    unimodal train RECIPE [--nproc N] [--set F=V ...] [--resume]
+    unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...]
+    unimodal eval RECIPE --checkpoint STAGE_DIR [--json FILE]
+    unimodal demo                            all of the above on the demo data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from unimodal.config import RecipeError, load_recipe
+from unimodal.train.launch import StageFailed
+
+DEMO_DATA, DEMO_RUNS, DEMO_CURRICULUM = Path("data/demo"), Path("runs/demo"), Path("recipes/smoke/curriculum.yaml")
+
+
+def cmd_data_demo(args) -> None:
+    from unimodal.data.demo import write_demo
+
+    counts = write_demo(args.out_dir, scale=args.scale, seed=args.seed)
+    print(json.dumps(counts))
+
+
+def cmd_tokenizer_train(args) -> None:
+    from unimodal.tokenize.text import shard_texts, train_text_tokenizer
+
+    path = train_text_tokenizer(shard_texts(args.shards), args.out, args.vocab_size)
+    print(f"wrote {path}")
+
+
+def cmd_train(args) -> None:
+    from unimodal.train.launch import run_stage
+
+    run_stage(args.recipe, args.nproc, args.set, args.resume)
+
+
+def cmd_curriculum(args) -> None:
+    from unimodal.train.curriculum import run_curriculum
+
+    run_curriculum(args.curriculum, args.nproc, args.set)
+
+
+def cmd_eval(args) -> None:
+    from unimodal.eval.exact_match import evaluate, format_table, load_model
+
+    recipe = load_recipe(args.recipe, args.set)
+    results = evaluate(recipe, load_model(args.checkpoint))
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def cmd_demo(args) -> None:
+    """Shards, tokenizer, a two-stage curriculum on `--nproc` ranks, evaluation, summary."""
+    from unimodal.data.demo import write_demo
+    from unimodal.eval.exact_match import evaluate, format_table, load_model
+    from unimodal.tokenize.text import shard_texts, train_text_tokenizer
+    from unimodal.train.curriculum import load_curriculum, run_curriculum
+
+    started = time.perf_counter()
+    if not (DEMO_DATA / "index.json").is_file():
+        print(f"[unimodal] writing demo shards to {DEMO_DATA}", flush=True)
+        write_demo(DEMO_DATA, scale=args.scale)
+    sp_model = DEMO_RUNS / "tokenizer" / "sp.model"
+    if not sp_model.is_file():
+        print(f"[unimodal] training the text tokenizer: {sp_model}", flush=True)
+        train_text_tokenizer(shard_texts([str(p) for p in sorted((DEMO_DATA / "train").glob("*.tar"))]), sp_model.parent)
+    run_curriculum(args.curriculum, args.nproc, args.set)
+    _, stages = load_curriculum(args.curriculum, args.set)
+    final = stages[-1].recipe
+    results = evaluate(final, load_model(final.train.output_dir))
+    done = [json.loads((s.recipe.train.output_dir / "done.json").read_text()) for s in stages]
+    summary = {
+        "world_size": done[-1]["world_size"],
+        "zero_stage": done[-1]["zero_stage"],
+        "stages": done,
+        "datasets": {n: {k: r[k] for k in ("modality", "task", "metric", "accuracy", "samples")} for n, r in results.items()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    (DEMO_RUNS / "summary.json").write_text(json.dumps(summary, indent=2))
+    print()
+    print(format_table(results))
+    for d in done:
+        print(f"{d['stage']}: {d['steps']} steps, {d['tokens_per_s']:.0f} tokens/s on {d['world_size']} ranks")
+    print(f"summary: {DEMO_RUNS / 'summary.json'}  ({summary['wall_seconds']:.0f} s)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unimodal", description="Pretrain one Transformer on image, video, audio and text.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def launch_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--nproc", type=int, default=2, help="ranks on this machine (default 2)")
+        q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. train.steps=40")
+
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    q = data.add_parser("demo", help="write the demo shards (digits as image, audio, video and text)")
+    q.add_argument("out_dir", type=Path)
+    q.add_argument("--scale", type=float, default=1.0, help="multiply the default sample counts")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_demo)
+
+    tok = sub.add_parser("tokenizer", help="text tokenizer").add_subparsers(dest="tok_command", required=True)
+    q = tok.add_parser("train", help="train SentencePiece on the text fields (.txt, .json strings) of shards")
+    q.add_argument("shards", nargs="+", help="shard paths or brace patterns")
+    q.add_argument("--out", type=Path, required=True, help="directory for sp.model")
+    q.add_argument("--vocab-size", type=int, default=1024)
+    q.set_defaults(func=cmd_tokenizer_train)
+
+    q = sub.add_parser("train", help="train one stage")
+    q.add_argument("recipe")
+    launch_options(q)
+    q.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("curriculum", help="run a curriculum's stages in order")
+    q.add_argument("curriculum")
+    launch_options(q)
+    q.set_defaults(func=cmd_curriculum)
+
+    q = sub.add_parser("eval", help="exact-match accuracy on each dataset's eval_shards")
+    q.add_argument("recipe")
+    q.add_argument("--checkpoint", required=True, help="a stage's output dir (holding model.safetensors)")
+    q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    q.add_argument("--json", help="also write the results here")
+    q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("demo", help="the whole flow on the demo data")
+    q.add_argument("--curriculum", default=str(DEMO_CURRICULUM))
+    q.add_argument("--scale", type=float, default=1.0, help="demo data size multiplier")
+    launch_options(q)
+    q.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

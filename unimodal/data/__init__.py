@@ -1,0 +1,1 @@
+"""Shards to Examples: field conventions, safe decoders, streams, task mixing, the training loader."""

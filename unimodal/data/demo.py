@@ -1,0 +1,245 @@
+"""Small real demo data, written as WebDataset shards, so every recipe runs offline.
+
+All four modalities are built from one idea, the digits 0-9, so a model can
+learn something checkable in minutes:
+
+    image  sklearn's 1,797 real 8x8 handwritten digit scans, as 32x32 PNGs
+    audio  the digit as sound: a DTMF keypad tone (or espeak-ng speech if installed)
+    video  a digit scan sliding left or right across a 32x32 canvas, as MP4
+    text   digit words to numerals: "four one two" -> "412"
+
+Layout (shards are plain tars, one sample = members sharing a key):
+
+    out_dir/train/<modality>-000000.tar, <modality>-000001.tar
+    out_dir/test/<modality>-000000.tar
+    out_dir/index.json      sample counts per split and modality
+
+Image and video test samples come from scans held out of train, never shared.
+The same seed writes the same bytes.
+
+    python -m unimodal.data.demo data/demo [--scale 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+import webdataset as wds
+from PIL import Image
+from sklearn.datasets import load_digits
+
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DTMF_HZ = {  # (row, column) tone of each key on a telephone keypad
+    1: (697, 1209), 2: (697, 1336), 3: (697, 1477),
+    4: (770, 1209), 5: (770, 1336), 6: (770, 1477),
+    7: (852, 1209), 8: (852, 1336), 9: (852, 1477),
+    0: (941, 1336),
+}
+SAMPLE_RATE = 16_000  # audio clips are exactly 1 s at this rate
+IMAGE_SIZE = 32
+FRAMES, FPS, SPRITE = 8, 8, 16  # video: 8 frames at 8 fps, the digit drawn 16x16
+TRAIN_SHARDS = 2  # recipes name train/<modality>-{000000..000001}.tar
+MODALITIES = ("image", "audio", "video", "text")
+SPLITS = ("train", "test")
+DEFAULT_COUNTS = {"audio": {"train": 2000, "test": 300}, "text": {"train": 4000, "test": 300}}
+
+
+def write_demo(out_dir: str | Path, scale: float = 1.0, seed: int = 0) -> dict[str, dict[str, int]]:
+    """Write the demo shards under `out_dir`; return {split: {modality: samples}}.
+
+    `scale` multiplies every sample count (tests use ~0.01); layout is the same
+    at any scale. Image/video use round(scale * scans) of each split's scans.
+    """
+    out_dir = Path(out_dir)
+    digits = load_digits()
+    scans = (digits.images * 255 / 16).round().astype(np.uint8)
+    order = np.random.default_rng(seed).permutation(len(scans))
+    held_out = len(scans) // 5
+    scan_ids = {"train": order[held_out:], "test": order[:held_out]}
+    speech = shutil.which("espeak-ng") is not None
+
+    counts: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        train = split == "train"
+        least = TRAIN_SHARDS if train else 1  # never fewer samples than shards
+        ids = scan_ids[split][: max(least, round(scale * len(scan_ids[split])))]
+        split_scans, labels = scans[ids], digits.target[ids]
+        n_audio = max(least, round(scale * DEFAULT_COUNTS["audio"][split]))
+        n_text = max(least, round(scale * DEFAULT_COUNTS["text"][split]))
+        # a generator per modality and split: one count changing leaves the other bytes alone
+        split_id = SPLITS.index(split)
+        rng = {m: np.random.default_rng([seed, k, split_id]) for k, m in enumerate(MODALITIES)}
+        plans = {  # modality: (sample count, lazily made samples)
+            "image": (len(ids), image_samples(split_scans, labels)),
+            "audio": (n_audio, audio_samples(n_audio, rng["audio"], speech)),
+            "video": (
+                len(ids) * (2 if train else 1),
+                video_samples(split_scans, labels, rng["video"], both_ways=train),
+            ),
+            "text": (n_text, text_samples(n_text, rng["text"])),
+        }
+        shards = TRAIN_SHARDS if train else 1
+        counts[split] = {
+            modality: write_shards(out_dir / split, modality, split, samples, total, shards)
+            for modality, (total, samples) in plans.items()
+        }
+
+    (out_dir / "index.json").write_text(json.dumps(counts, indent=2) + "\n")
+    return counts
+
+
+def write_shards(
+    directory: Path, modality: str, split: str, samples, total: int, shards: int
+) -> int:
+    """Spread `total` samples evenly over `shards` tars named <modality>-%06d.tar."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pattern = str(directory / f"{modality}-%06d.tar")
+    written = 0
+    # mtime=0 so that the tars themselves, not just their members, are reproducible
+    with wds.ShardWriter(pattern, maxcount=math.ceil(total / shards), verbose=0, mtime=0) as sink:
+        for sample in samples:
+            sink.write({"__key__": f"{modality}-{split}-{written:06d}", **sample})
+            written += 1
+    return written
+
+
+def upscale(scan: np.ndarray, size: int) -> Image.Image:
+    return Image.fromarray(scan).resize((size, size), Image.Resampling.BILINEAR)
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_samples(scans: np.ndarray, labels: np.ndarray):
+    for scan, label in zip(scans, labels):
+        word = WORDS[label]
+        yield {
+            "png": png(upscale(scan, IMAGE_SIZE)),
+            "txt": f"a handwritten digit {word}",
+            "json": {"label": int(label), "word": word},
+        }
+
+
+def dtmf(digit: int, rng: np.random.Generator) -> np.ndarray:
+    """The digit's two keypad tones, unit peak, at a random onset and duration within 1 s."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    duration = rng.uniform(0.25, 0.6)
+    onset = rng.uniform(0, 1 - duration)
+    low, high = DTMF_HZ[digit]
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    tones = 0.5 * np.sin(2 * np.pi * low * t + phase[0]) + 0.5 * np.sin(2 * np.pi * high * t + phase[1])
+    ramp = np.clip(np.minimum(t - onset, onset + duration - t) / 0.005, 0, 1)  # 5 ms fades
+    return tones * ramp
+
+
+def spoken(word: str, rng: np.random.Generator) -> np.ndarray:
+    """The word said by espeak-ng at a random speed and pitch, unit peak, placed within 1 s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "word.wav"
+        speed, pitch = rng.integers(120, 221), rng.integers(20, 81)
+        command = ["espeak-ng", "-w", str(path), "-s", str(speed), "-p", str(pitch), word]
+        subprocess.run(command, check=True, capture_output=True)
+        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    wave = AF.resample(torch.from_numpy(wave.mean(axis=1)), rate, SAMPLE_RATE).numpy()[:SAMPLE_RATE]
+    wave = wave / max(np.abs(wave).max(), 1e-6)
+    onset = rng.integers(0, SAMPLE_RATE - len(wave) + 1)
+    return np.pad(wave, (onset, SAMPLE_RATE - len(wave) - onset))
+
+
+def audio_samples(n: int, rng: np.random.Generator, speech: bool):
+    """Random digits as 1 s 16 kHz WAVs at a random level in white noise of random SNR."""
+    for _ in range(n):
+        digit = int(rng.integers(10))
+        source = "espeak" if speech and rng.random() < 0.5 else "dtmf"
+        signal = spoken(WORDS[digit], rng) if source == "espeak" else dtmf(digit, rng)
+        signal = signal * rng.uniform(0.1, 0.8)
+        power = np.mean(signal[signal != 0] ** 2)  # while sounding, not over the silence
+        noise = rng.normal(0, np.sqrt(power / 10 ** (rng.uniform(5, 30) / 10)), SAMPLE_RATE)
+        wave = np.clip(signal + noise, -1, 1)
+        wav = io.BytesIO()
+        soundfile.write(wav, wave, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+        yield {"wav": wav.getvalue(), "txt": WORDS[digit], "json": {"label": digit, "source": source}}
+
+
+def sliding(scan: np.ndarray, direction: str, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [FRAMES, 32, 32]: the digit moving 2-3 px a frame, always at least 3/4 in view."""
+    sprite = np.asarray(upscale(scan, SPRITE))
+    margin = SPRITE // 4  # how far the sprite may leave the canvas
+    speed = int(rng.integers(2, 4))
+    travel = speed * (FRAMES - 1)
+    lowest, highest = -margin, IMAGE_SIZE - SPRITE + margin  # range of the sprite's left edge
+    if direction == "right":
+        start, step = rng.integers(lowest, highest - travel + 1), speed
+    else:
+        start, step = rng.integers(lowest + travel, highest + 1), -speed
+    top = rng.integers(margin, IMAGE_SIZE - SPRITE - margin + 1)
+    frames = np.zeros((FRAMES, IMAGE_SIZE, IMAGE_SIZE + 2 * margin), np.uint8)  # with margins
+    for i in range(FRAMES):
+        left = margin + start + step * i
+        frames[i, top : top + SPRITE, left : left + SPRITE] = sprite
+    return frames[:, :, margin:-margin]
+
+
+def mp4(frames: np.ndarray) -> bytes:
+    """H.264 MP4 of gray frames. tune=zerolatency: no B-frames or lookahead, so every
+    frame comes back on decode and the bytes are reproducible (with lookahead
+    libx264 here gave different bytes for the same input now and then)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS, options={"tune": "zerolatency"})
+        stream.width, stream.height, stream.pix_fmt = IMAGE_SIZE, IMAGE_SIZE, "yuv420p"
+        for i, gray in enumerate(frames):
+            rgb = np.repeat(gray[..., None], 3, axis=2)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())  # flush the encoder
+    return buf.getvalue()
+
+
+def video_samples(scans: np.ndarray, labels: np.ndarray, rng: np.random.Generator, both_ways: bool):
+    """Train: every scan moving left and right, shuffled. Test: each scan one random way."""
+    if both_ways:
+        clips = [(i, d) for i in range(len(scans)) for d in ("left", "right")]
+        clips = [clips[j] for j in rng.permutation(len(clips))]
+    else:
+        clips = [(i, ("left", "right")[rng.integers(2)]) for i in range(len(scans))]
+    for i, direction in clips:
+        word = WORDS[labels[i]]
+        yield {
+            "mp4": mp4(sliding(scans[i], direction, rng)),
+            "txt": f"the digit {word} moves {direction}",
+            "json": {"label": int(labels[i]), "direction": direction},
+        }
+
+
+def text_samples(n: int, rng: np.random.Generator):
+    """Strings of 1-4 random digits (leading zeros allowed), read out digit by digit."""
+    for _ in range(n):
+        digits = rng.integers(0, 10, size=rng.integers(1, 5))
+        numerals = "".join(map(str, digits))
+        yield {"txt": " ".join(WORDS[d] for d in digits), "json": {"numerals": numerals}}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", nargs="?", default="data/demo")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(json.dumps(write_demo(args.out_dir, scale=args.scale, seed=args.seed), indent=2))

@@ -1,0 +1,83 @@
+"""Held-out evaluation: greedy decoding and exact-match accuracy per dataset.
+
+Reads each dataset's `eval_shards` once, in order, through the same decode and
+tokenize path as training, and loads plain weights (`model.safetensors`), so
+evaluation needs neither DeepSpeed nor pickle.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from unimodal.config import Recipe, expand_shards
+from unimodal.data.decode import BadSample, decode_example
+from unimodal.data.stream import eval_samples
+from unimodal.model import UnifiedModel
+from unimodal.tokenize.multimodal import MultimodalTokenizer
+from unimodal.tokenize.sequence import collate
+from unimodal.tokenize.text import BOS_ID, EOS_ID
+from unimodal.train.checkpoint import load_weights
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def load_model(weights_dir: str | Path) -> UnifiedModel:
+    state, cfg = load_weights(Path(weights_dir))
+    model = UnifiedModel(cfg)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _examples(recipe: Recipe, d: int, tokenizer: MultimodalTokenizer, skipped: list[int]):
+    """(token sequence, reference text) for each decodable held-out sample of dataset `d`."""
+    ds = recipe.data.datasets[d]
+    for raw in eval_samples(expand_shards(ds.eval_shards)):
+        try:
+            ex = decode_example(raw, d, ds, recipe.tokenizer)
+        except BadSample:
+            skipped[0] += 1
+            continue
+        yield tokenizer(ex), ex.target
+
+
+@torch.no_grad()
+def evaluate(recipe: Recipe, model: UnifiedModel, batch_size: int = 64) -> dict[str, dict]:
+    """{dataset: {modality, task, metric, accuracy, samples, skipped}} for datasets with eval_shards."""
+    tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets)
+    results = {}
+    for d, ds in enumerate(recipe.data.datasets):
+        if ds.eval_shards is None:
+            continue
+        correct = total = 0
+        skipped = [0]
+        examples = _examples(recipe, d, tokenizer, skipped)
+        while chunk := list(islice(examples, batch_size)):
+            seqs, refs = zip(*chunk)
+            batch = collate(list(seqs), tokenizer.patch_dims, BOS_ID)
+            ids = model.generate(batch, BOS_ID, EOS_ID, recipe.train.max_new_tokens)
+            for row, ref in zip(ids.tolist(), refs):
+                correct += normalize(tokenizer.text.decode(row)) == normalize(ref)
+            total += len(refs)
+        results[ds.name] = {
+            "modality": ds.modality,
+            "task": ds.task,
+            "metric": "exact_match",
+            "accuracy": correct / total if total else 0.0,
+            "samples": total,
+            "skipped": skipped[0],
+        }
+    return results
+
+
+def format_table(results: dict[str, dict]) -> str:
+    rows = [("dataset", "modality", "task", "metric", "value")]
+    rows += [(n, r["modality"], r["task"], r["metric"], f"{r['accuracy']:.3f}") for n, r in results.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The modality-agnostic tokenizer: SentencePiece text, patches for image/audio/video, batches."""

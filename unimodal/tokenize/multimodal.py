@@ -1,0 +1,48 @@
+"""The modality-agnostic tokenizer: an Example in, one TokenSequence out.
+
+The sequence is the task prompt as text, then each input in recipe order; the
+target is text in the shared vocabulary, ended by EOS.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unimodal.config import DatasetConfig, TokenizerConfig
+from unimodal.data.decode import Example
+from unimodal.tokenize.patches import AudioPatcher, ImagePatcher, VideoPatcher
+from unimodal.tokenize.sequence import Segment, TokenSequence
+from unimodal.tokenize.text import EOS_ID, TextTokenizer
+
+
+class MultimodalTokenizer:
+    def __init__(self, cfg: TokenizerConfig, datasets: list[DatasetConfig]):
+        self.cfg = cfg
+        self.text = TextTokenizer(cfg.text)
+        self.patchers = {
+            "image": ImagePatcher(cfg.image),
+            "audio": AudioPatcher(cfg.audio),
+            "video": VideoPatcher(cfg.video),
+        }
+        self.prompts = [self._ids(ds.task_prompt) for ds in datasets]
+
+    @property
+    def patch_dims(self) -> dict[str, int]:
+        return {m: p.dim for m, p in self.patchers.items()}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text.vocab_size
+
+    def _ids(self, text: str, limit: int | None = None) -> torch.Tensor:
+        ids = self.text.encode(text)[: limit or self.cfg.max_text_tokens]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def __call__(self, ex: Example) -> TokenSequence:
+        segments = [Segment("text", self.prompts[ex.dataset])]
+        for modality, value in ex.inputs.items():
+            data = self._ids(value) if modality == "text" else self.patchers[modality](value)
+            segments.append(Segment(modality, data))
+        target = self._ids(ex.target, self.cfg.max_text_tokens - 1)
+        target = torch.cat([target, torch.tensor([EOS_ID])])
+        return TokenSequence(segments=segments, target=target, dataset=ex.dataset)

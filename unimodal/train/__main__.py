@@ -1,0 +1,52 @@
+"""Per-rank entry point: `deepspeed --module unimodal.train RECIPE` (or torchrun, or srun).
+
+The recipe is validated again here (launchers can be started by hand), the
+stage is trained, and the process exits through a barrier and an explicit
+process-group teardown: gloo's own teardown at interpreter exit can abort a
+run that finished its work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+import torch.distributed as dist
+
+from unimodal.config import RecipeError, load_recipe
+from unimodal.train.loop import train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m unimodal.train", description=__doc__)
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
+    p.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # from the deepspeed launcher
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except RecipeError as err:
+        print(err, file=sys.stderr)
+        os._exit(2)
+    code = 0
+    try:
+        train(recipe, args.resume)
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Model, optimiser and schedule handed to DeepSpeed's engine.
+
+DeepSpeed owns distribution (ZeRO stage, bf16, clipping, accumulation,
+checkpoint files); we build a plain torch optimiser and LR schedule and pass
+them in, so that the same recipe runs on one CPU or many GPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import deepspeed
+import torch
+
+from unimodal.config import Recipe
+from unimodal.model import ModelConfig, UnifiedModel
+
+
+def model_config(recipe: Recipe, vocab_size: int, patch_dims: dict[str, int]) -> ModelConfig:
+    return ModelConfig.from_preset(recipe.model.preset, vocab_size, patch_dims, **recipe.model.overrides)
+
+
+def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
+    """DeepSpeed's JSON config: our defaults under the recipe's `deepspeed:` section."""
+    defaults = {
+        # Batches are token-budgeted, so DeepSpeed's per-GPU sample count is nominal.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "zero_optimization": {"stage": 0},
+    }
+    return _merge(defaults, recipe.deepspeed)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
+    """LR multiplier: linear warmup, then cosine decay to `floor` at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_engine(recipe: Recipe, model: UnifiedModel):
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.train.lr,
+        betas=(0.9, 0.98),
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(recipe.train.warmup_steps, recipe.train.steps)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(recipe)
+    )
+    return engine

@@ -1,0 +1,155 @@
+"""One curriculum stage on this rank: the training loop.
+
+Launched once per rank by `deepspeed`, `torchrun` or SLURM (see
+`unimodal.train.__main__`). Each step pulls a ready batch from the loader,
+runs DeepSpeed's forward/backward/step, and every `logging.every` steps
+all-reduces the window's sums so rank 0 can log global numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import yaml
+
+from unimodal.config import Recipe
+from unimodal.data.loader import build_train_loader
+from unimodal.model import UnifiedModel, count_parameters
+from unimodal.tokenize.multimodal import MultimodalTokenizer
+from unimodal.tokenize.sequence import IGNORE_INDEX
+from unimodal.train.checkpoint import full_state_dict, load_latest, load_weights, save_checkpoint, save_weights
+from unimodal.train.engine import build_engine, model_config
+from unimodal.train.metrics import MetricsLogger
+
+DONE = "done.json"
+
+
+class Window:
+    """Sums over the steps since the last log record, reduced across ranks on demand."""
+
+    def __init__(self, n_datasets: int):
+        self.n = n_datasets
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(6 + 3 * self.n, dtype=torch.float64)
+        self.start = time.perf_counter()
+
+    def add(self, out: dict, batch: dict, data_wait: float) -> None:
+        real = batch["enc_mask"].sum() + (batch["dec_out"] != IGNORE_INDEX).sum()
+        padded = batch["enc_mask"].numel() + batch["dec_out"].numel()
+        s, n = self.sums, self.n
+        s[:6] += torch.tensor([out["loss"].item(), 1, real.item(), len(batch["dataset"]), padded, data_wait])
+        ds = batch["dataset"].cpu()
+        s[6 : 6 + n].index_add_(0, ds, out["sample_loss"].detach().float().cpu().double())
+        s[6 + n : 6 + 2 * n].index_add_(0, ds, torch.ones(len(ds), dtype=torch.float64))
+
+    def record(self, step: int, lr: float, names: list[str], world: int) -> dict:
+        sums = self.sums.clone()
+        dist.all_reduce(sums)
+        elapsed = time.perf_counter() - self.start
+        loss, steps, tokens, samples, padded, wait = sums[:6].tolist()
+        rec = {
+            "step": step,
+            "loss": loss / steps,
+            "lr": lr,
+            "tokens_per_s": tokens / elapsed,
+            "samples_per_s": samples / elapsed,
+            "padding_efficiency": tokens / padded,
+            "data_wait_s": wait / world,
+        }
+        for i, name in enumerate(names):
+            count = sums[6 + self.n + i].item()
+            if count:
+                rec[f"loss/{name}"] = sums[6 + i].item() / count
+                rec[f"samples/{name}"] = int(count)
+        self.reset()
+        return rec
+
+
+def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    return {
+        k: v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+        for k, v in batch.items()
+    }
+
+
+def train(recipe: Recipe, resume: bool) -> dict:
+    """Train one stage; returns the final record (also written to `done.json`)."""
+    deepspeed.init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out_dir = recipe.train.output_dir
+    ckpt_dir = out_dir / "checkpoints"
+    names = [d.name for d in recipe.data.datasets]
+
+    torch.manual_seed(recipe.seed)  # identical initial weights on every rank
+    tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets)
+    cfg = model_config(recipe, tokenizer.vocab_size, tokenizer.patch_dims)
+    model = UnifiedModel(cfg)
+    if recipe.init_from:
+        state, prev_cfg = load_weights(Path(recipe.init_from))
+        if prev_cfg != cfg:
+            raise ValueError(f"init_from {recipe.init_from}: model config differs from this stage's")
+        model.load_state_dict(state)
+    n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
+    engine = build_engine(recipe, model)
+    dtype = next(engine.module.parameters()).dtype
+    loader = build_train_loader(recipe, rank)
+
+    step = 0
+    client_state = load_latest(engine, ckpt_dir) if resume else None
+    if client_state is not None:
+        step = int(client_state["step"])
+        loader.load_state_dict(client_state["loader"])
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        print(
+            f"[unimodal] {recipe.name}: {n_params / 1e6:.2f}M parameters, "
+            f"world size {world}, ZeRO stage {engine.zero_optimization_stage()}, "
+            f"{'resuming at step ' + str(step) if step else 'from step 0'}",
+            flush=True,
+        )
+    logger = MetricsLogger(recipe, step, enabled=rank == 0)
+    window = Window(len(names))
+    batches = iter(loader)
+    started, start_step = time.perf_counter(), step
+    tokens_per_s = []
+    while step < recipe.train.steps:
+        for _ in range(engine.gradient_accumulation_steps()):
+            t0 = time.perf_counter()
+            batch = to_device(next(batches), engine.device, dtype)
+            wait = time.perf_counter() - t0
+            out = engine(batch)
+            engine.backward(out["loss"])
+            engine.step()
+            window.add(out, batch, wait)
+        step += 1
+        logger.advance()
+        if step % recipe.logging.every == 0 or step == recipe.train.steps:
+            record = window.record(step, engine.get_lr()[0], names, world)
+            tokens_per_s.append(record["tokens_per_s"])
+            logger.log(record)
+        if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
+            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loader": loader.state_dict()})
+
+    state = full_state_dict(engine)
+    done = {
+        "stage": recipe.name,
+        "steps": step,
+        "world_size": world,
+        "zero_stage": engine.zero_optimization_stage(),
+        "tokens_per_s": sum(tokens_per_s) / max(1, len(tokens_per_s)),
+        "seconds": time.perf_counter() - started,
+        "steps_this_run": step - start_step,
+    }
+    if rank == 0:
+        save_weights(out_dir, state, cfg)
+        (out_dir / DONE).write_text(json.dumps(done, indent=2))
+    logger.close()
+    return done

@@ -1,0 +1,72 @@
+"""Where training numbers go: wandb, `metrics.jsonl`, and a progress bar (rank 0 only).
+
+wandb is the dashboard (offline unless the user has an API key); the JSON
+lines file holds the same records for scripts and tests. On resume, records
+after the resumed step are dropped so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import wandb
+from tqdm import tqdm
+
+from unimodal.config import Recipe
+
+
+def wandb_mode(mode: str) -> str:
+    if mode == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return mode
+
+
+class MetricsLogger:
+    def __init__(self, recipe: Recipe, resumed_step: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        out = recipe.train.output_dir
+        self.path = out / "metrics.jsonl"
+        kept = [r for r in _read_jsonl(self.path) if r["step"] <= resumed_step] if resumed_step else []
+        self.file = self.path.open("w")
+        for record in kept:
+            self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(
+            project=recipe.logging.wandb.project,
+            entity=recipe.logging.wandb.entity,
+            name=recipe.name,
+            mode=wandb_mode(recipe.logging.wandb.mode),
+            dir=str(out),
+            config=recipe.model_dump(mode="json"),
+        )
+        self.bar = tqdm(total=recipe.train.steps, initial=resumed_step, desc=recipe.name, unit="step", dynamic_ncols=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.run.log(record, step=record["step"])
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+
+    def advance(self) -> None:
+        if self.enabled:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.file.close()
+            self.run.finish()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
