@@ -40,6 +40,15 @@ def batch_of(seqs: list[TokenSequence]) -> dict[str, torch.Tensor]:
     return collate(seqs, PATCH_DIMS, BOS)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops run faster on one thread, and many times faster when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def model() -> UnifiedModel:
     torch.manual_seed(0)

@@ -56,37 +56,35 @@ SPLITS = ("train", "test")
 DEFAULT_COUNTS = {"audio": {"train": 2000, "test": 300}, "text": {"train": 4000, "test": 300}}
 
 
-def write_demo(out_dir: str | Path, scale: float = 1.0, seed: int = 0) -> dict[str, dict[str, int]]:
+def write_demo(
+    out_dir: str | Path, *, scale: float = 1.0, seed: int = 0
+) -> dict[str, dict[str, int]]:
     """Write the demo shards under `out_dir`; return {split: {modality: samples}}.
 
-    `scale` multiplies every sample count (tests use ~0.01); layout is the same
+    `scale` multiplies every sample count (tests use 0.02); layout is the same
     at any scale. Image/video use round(scale * scans) of each split's scans.
     """
     out_dir = Path(out_dir)
-    digits = load_digits()
-    scans = (digits.images * 255 / 16).round().astype(np.uint8)
-    order = np.random.default_rng(seed).permutation(len(scans))
-    held_out = len(scans) // 5
-    scan_ids = {"train": order[held_out:], "test": order[:held_out]}
+    digits = digit_scans(seed)
     speech = shutil.which("espeak-ng") is not None
 
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         train = split == "train"
         least = TRAIN_SHARDS if train else 1  # never fewer samples than shards
-        ids = scan_ids[split][: max(least, round(scale * len(scan_ids[split])))]
-        split_scans, labels = scans[ids], digits.target[ids]
+        n_scans = max(least, round(scale * len(digits[split][1])))
+        scans, labels = (array[:n_scans] for array in digits[split])
         n_audio = max(least, round(scale * DEFAULT_COUNTS["audio"][split]))
         n_text = max(least, round(scale * DEFAULT_COUNTS["text"][split]))
         # a generator per modality and split: one count changing leaves the other bytes alone
         split_id = SPLITS.index(split)
         rng = {m: np.random.default_rng([seed, k, split_id]) for k, m in enumerate(MODALITIES)}
         plans = {  # modality: (sample count, lazily made samples)
-            "image": (len(ids), image_samples(split_scans, labels)),
+            "image": (n_scans, image_samples(scans, labels)),
             "audio": (n_audio, audio_samples(n_audio, rng["audio"], speech)),
             "video": (
-                len(ids) * (2 if train else 1),
-                video_samples(split_scans, labels, rng["video"], both_ways=train),
+                n_scans * (2 if train else 1),
+                video_samples(scans, labels, rng["video"], both_ways=train),
             ),
             "text": (n_text, text_samples(n_text, rng["text"])),
         }
@@ -98,6 +96,16 @@ def write_demo(out_dir: str | Path, scale: float = 1.0, seed: int = 0) -> dict[s
 
     (out_dir / "index.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts
+
+
+def digit_scans(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """sklearn's scans as uint8 [n, 8, 8] and their labels, split 80/20 into train/test."""
+    digits = load_digits()
+    scans = (digits.images * 255 / 16).round().astype(np.uint8)  # from 0..16
+    order = np.random.default_rng(seed).permutation(len(scans))
+    held_out = len(scans) // 5
+    ids = {"train": order[held_out:], "test": order[:held_out]}
+    return {split: (scans[i], digits.target[i]) for split, i in ids.items()}
 
 
 def write_shards(
@@ -142,9 +150,9 @@ def dtmf(digit: int, rng: np.random.Generator) -> np.ndarray:
     onset = rng.uniform(0, 1 - duration)
     low, high = DTMF_HZ[digit]
     phase = rng.uniform(0, 2 * np.pi, size=2)
-    tones = 0.5 * np.sin(2 * np.pi * low * t + phase[0]) + 0.5 * np.sin(2 * np.pi * high * t + phase[1])
+    tones = np.sin(2 * np.pi * low * t + phase[0]) + np.sin(2 * np.pi * high * t + phase[1])
     ramp = np.clip(np.minimum(t - onset, onset + duration - t) / 0.005, 0, 1)  # 5 ms fades
-    return tones * ramp
+    return 0.5 * tones * ramp
 
 
 def spoken(word: str, rng: np.random.Generator) -> np.ndarray:
@@ -173,7 +181,8 @@ def audio_samples(n: int, rng: np.random.Generator, speech: bool):
         wave = np.clip(signal + noise, -1, 1)
         wav = io.BytesIO()
         soundfile.write(wav, wave, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-        yield {"wav": wav.getvalue(), "txt": WORDS[digit], "json": {"label": digit, "source": source}}
+        label = {"label": digit, "source": source}
+        yield {"wav": wav.getvalue(), "txt": WORDS[digit], "json": label}
 
 
 def sliding(scan: np.ndarray, direction: str, rng: np.random.Generator) -> np.ndarray:
@@ -196,13 +205,18 @@ def sliding(scan: np.ndarray, direction: str, rng: np.random.Generator) -> np.nd
 
 
 def mp4(frames: np.ndarray) -> bytes:
-    """H.264 MP4 of gray frames. tune=zerolatency: no B-frames or lookahead, so every
-    frame comes back on decode and the bytes are reproducible (with lookahead
-    libx264 here gave different bytes for the same input now and then)."""
+    """H.264 MP4 of gray frames, in yuv420p so any decoder plays it.
+
+    tune=zerolatency turns off B-frames and lookahead: every frame comes straight
+    back on decode, and the bytes are reproducible (with lookahead, libx264 gave
+    different bytes for the same frames now and then). One thread: frames are tiny.
+    """
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"tune": "zerolatency"})
+        options = {"preset": "veryfast", "tune": "zerolatency"}
+        stream = container.add_stream("libx264", rate=FPS, options=options)
         stream.width, stream.height, stream.pix_fmt = IMAGE_SIZE, IMAGE_SIZE, "yuv420p"
+        stream.codec_context.thread_count = 1
         for i, gray in enumerate(frames):
             rgb = np.repeat(gray[..., None], 3, axis=2)
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")

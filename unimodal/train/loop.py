@@ -105,7 +105,10 @@ def train(recipe: Recipe, resume: bool) -> dict:
     client_state = load_latest(engine, ckpt_dir) if resume else None
     if client_state is not None:
         step = int(client_state["step"])
-        loader.load_state_dict(client_state["loader"])
+        positions = client_state["loaders"]
+        if len(positions) != world:
+            raise ValueError(f"{ckpt_dir}: saved by {len(positions)} ranks, resumed on {world}")
+        loader.load_state_dict(positions[rank])
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
@@ -136,7 +139,10 @@ def train(recipe: Recipe, resume: bool) -> dict:
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
-            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loader": loader.state_dict()})
+            # DeepSpeed writes client_state from rank 0 only: it carries every rank's loader position
+            positions = [None] * world
+            dist.all_gather_object(positions, loader.state_dict())
+            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loaders": positions})
 
     state = full_state_dict(engine)
     done = {

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small demo workspace (real shards and a trained tokenizer).
+
+Recipes use paths relative to the working directory, as in the repo root, so
+tests that run recipes `chdir` into this workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes" / "smoke"
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """data/demo (a tenth of the demo's size) and runs/demo/tokenizer/sp.model."""
+    from unimodal.data.demo import write_demo
+    from unimodal.tokenize.text import shard_texts, train_text_tokenizer
+
+    root = tmp_path_factory.mktemp("workspace")
+    write_demo(root / "data" / "demo", scale=0.1, seed=0)
+    shards = [str(p) for p in sorted((root / "data" / "demo" / "train").glob("*.tar"))]
+    train_text_tokenizer(shard_texts(shards), root / "runs" / "demo" / "tokenizer", vocab_size=256)
+    return root
+
+
+@pytest.fixture
+def in_workspace(workspace, monkeypatch) -> Path:
+    monkeypatch.chdir(workspace)
+    return workspace
+
+
+def unimodal(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the `unimodal` command as a user would, capturing its output."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "unimodal.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
