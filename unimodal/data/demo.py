@@ -17,12 +17,11 @@ Layout (shards are plain tars, one sample = members sharing a key):
 Image and video test samples come from scans held out of train, never shared.
 The same seed writes the same bytes.
 
-    python -m unimodal.data.demo data/demo [--scale 0.1]
+    unimodal data demo data/demo [--scale 0.1]
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -249,11 +248,3 @@ def text_samples(n: int, rng: np.random.Generator):
         numerals = "".join(map(str, digits))
         yield {"txt": " ".join(WORDS[d] for d in digits), "json": {"numerals": numerals}}
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", nargs="?", default="data/demo")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(json.dumps(write_demo(args.out_dir, scale=args.scale, seed=args.seed), indent=2))
