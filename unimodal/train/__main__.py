@@ -12,11 +12,17 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 
 import torch.distributed as dist
 
 from unimodal.config import RecipeError, load_recipe
 from unimodal.train.loop import train
+
+
+# Library deprecation notices that say nothing about the user's run.
+warnings.filterwarnings("ignore", message=".*set_vital.*")
+warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
