@@ -20,7 +20,7 @@ def write_variant(tmp_path, edit, name="bad.yaml"):
 def test_smoke_recipes_validate(in_workspace):
     recipe = load_recipe(SMOKE / "stage2.yaml")
     assert [d.modality for d in recipe.data.datasets] == ["image", "text", "audio", "video"]
-    assert recipe.zero_stage == 2
+    assert recipe.deepspeed["zero_optimization"]["stage"] == 2
     assert recipe.init_from == "previous"
 
 

@@ -63,7 +63,7 @@ def cmd_demo(args) -> None:
     from unimodal.data.demo import write_demo
     from unimodal.eval.exact_match import evaluate, format_table, load_model
     from unimodal.tokenize.text import shard_texts, train_text_tokenizer
-    from unimodal.train.curriculum import load_curriculum, run_curriculum
+    from unimodal.train.curriculum import run_curriculum
 
     started = time.perf_counter()
     if not (DEMO_DATA / "index.json").is_file():
@@ -73,8 +73,7 @@ def cmd_demo(args) -> None:
     if not sp_model.is_file():
         print(f"[unimodal] training the text tokenizer: {sp_model}", flush=True)
         train_text_tokenizer(shard_texts([str(p) for p in sorted((DEMO_DATA / "train").glob("*.tar"))]), sp_model.parent)
-    run_curriculum(args.curriculum, args.nproc, args.set)
-    _, stages = load_curriculum(args.curriculum, args.set)
+    stages = run_curriculum(args.curriculum, args.nproc, args.set)
     final = stages[-1].recipe
     results = evaluate(final, load_model(final.train.output_dir))
     done = [json.loads((s.recipe.train.output_dir / "done.json").read_text()) for s in stages]

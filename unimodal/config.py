@@ -170,10 +170,6 @@ class Recipe(Strict):
     deepspeed: dict[str, Any] = {}
     logging: LoggingConfig = LoggingConfig()
 
-    @property
-    def zero_stage(self) -> int:
-        return int(self.deepspeed.get("zero_optimization", {}).get("stage", 0))
-
 
 def expand_shards(spec: str | list[str]) -> list[str]:
     """Brace-expand a shard pattern (or list of them) into shard URLs."""

@@ -24,8 +24,7 @@ def split_field(field: str) -> tuple[str, list[str]]:
 
 def extension(field: str) -> str:
     """The tar member extension a field reads; the last dotted part (`src.txt` -> txt)."""
-    name, path = split_field(field)
-    return name.rsplit(".", 1)[-1].lower()
+    return split_field(field)[0].rsplit(".", 1)[-1].lower()
 
 
 def check_field(field: str, modality: str) -> None:

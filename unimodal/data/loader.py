@@ -12,7 +12,6 @@ uninterrupted run would have seen (same recipe, ranks and workers).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import torch
@@ -43,7 +42,6 @@ class MixedBatches(IterableDataset):
         self.rank = rank
         self.datasets = recipe.data.datasets
         self.position = {"draws": 0, "consumed": [0] * len(self.datasets)}
-        self.bad: Counter[str] = Counter()
         self._streams = None
 
     def __iter__(self):
@@ -82,7 +80,6 @@ class MixedBatches(IterableDataset):
             try:
                 return self.tokenizer(decode_example(raw, d, self.datasets[d], self.recipe.tokenizer))
             except BadSample as bad:
-                self.bad[f"{self.datasets[d].name}/{bad.reason}"] += 1
                 log.warning("skipped %s key=%s in %s: %s", self.datasets[d].name, raw.get("__key__"), raw.get("__url__"), bad)
 
     def __next__(self) -> dict[str, torch.Tensor]:
