@@ -31,7 +31,7 @@ class Strict(BaseModel):
 
 
 class DatasetConfig(Strict):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # names metrics: `loss/<name>`
     task: str
     shards: str | list[str]
     eval_shards: str | list[str] | None = None
@@ -39,6 +39,9 @@ class DatasetConfig(Strict):
     target: str
     weight: float = Field(1.0, gt=0)
     prompt: str | None = None  # text put before the inputs; defaults to the task name
+    # true: shards drawn with replacement, an endless stream per rank and worker (for mixing);
+    # false: epochs, shards split over ranks and workers so each sample is read once per epoch
+    resample: bool = True
 
     @field_validator("inputs")
     @classmethod
@@ -69,6 +72,8 @@ class DataConfig(Strict):
     batch_tokens: int = Field(4096, gt=0)  # padded tokens (encoder + decoder) per micro-batch
     workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(500, ge=0)
+    # stop the run once a dataset's skipped (broken) samples exceed this fraction of those read
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
     datasets: list[DatasetConfig] = Field(min_length=1)
 
     @field_validator("datasets")
@@ -111,6 +116,9 @@ class AudioTokens(Strict):
 
 class VideoTokens(Strict):
     frames: int = Field(8, gt=0)
+    # absent: `frames` spread evenly over the whole clip; set: `frames` taken at this rate
+    # from the middle of the clip (the last frame repeats if the clip is too short)
+    fps: float | None = Field(None, gt=0)
     size: int = Field(32, gt=0)
     patch: int = Field(8, gt=0)
     tubelet: int = Field(2, gt=0)

@@ -1,27 +1,33 @@
 """The training loader: mixed-task, token-budget batches built in DataLoader workers.
 
-Each worker owns one endless stream per dataset and a TaskSampler; it decodes,
+Each worker owns one `ShardStream` per dataset and a TaskSampler; it decodes,
 tokenizes and collates, so the training process only receives ready tensors.
-The worker's position (draws so far, raw samples consumed per dataset) is its
-whole state: torchdata's StatefulDataLoader collects it per worker for the
-checkpoint and hands it back on resume, and the worker fast-forwards its
-streams to it. A resumed run therefore sees exactly the batches an
-uninterrupted run would have seen (same recipe, ranks and workers).
+Broken samples (undecodable media, missing fields, truncated shards) are
+skipped, logged with shard and key, and counted per dataset and reason; once a
+dataset's skipped fraction passes `data.max_bad_fraction` the worker stops the
+run with `TooManyBadSamples`, naming the dataset.
+
+A worker's position (task draws, each stream's cursor and shuffle buffer, the
+counts) is plain data: torchdata's StatefulDataLoader collects it per worker
+for the checkpoint and hands it back on resume. A resumed run therefore sees
+exactly the batches an uninterrupted run would have seen, given the same
+recipe, world size and worker count.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from unimodal.config import Recipe, expand_shards
+from unimodal.config import DatasetConfig, Recipe, expand_shards
 from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.mixing import TaskSampler
-from unimodal.data.stream import stream_seed, train_samples
+from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import TokenSequence, collate
 from unimodal.tokenize.text import BOS_ID
@@ -34,75 +40,154 @@ def padded_tokens(seqs: list[TokenSequence]) -> int:
     return len(seqs) * (max(s.enc_len for s in seqs) + max(s.dec_len for s in seqs))
 
 
-class MixedBatches(IterableDataset):
-    """Endless batches of at most `batch_tokens` padded tokens, tasks mixed by weight."""
+MIN_READ = 100  # samples a worker reads from a dataset before its skipped fraction is judged
 
-    def __init__(self, recipe: Recipe, rank: int):
-        self.recipe = recipe
-        self.rank = rank
-        self.datasets = recipe.data.datasets
-        self.position = {"draws": 0, "consumed": [0] * len(self.datasets)}
-        self._streams = None
+
+class TooManyBadSamples(RuntimeError):
+    """A dataset whose skipped samples passed `data.max_bad_fraction`."""
+
+
+class MixedBatches(IterableDataset):
+    """Endless batches of at most `batch_tokens` padded tokens, tasks mixed by weight.
+
+    Besides tensors, each batch holds "meta": the samples' "dataset/key" names,
+    the epoch each was read in, and the skipped counts the batch's reading added.
+    """
+
+    def __init__(self, recipe: Recipe, rank: int, world: int):
+        self.recipe, self.rank, self.world = recipe, rank, world
+        self.datasets: list[DatasetConfig] = recipe.data.datasets
+        self.position: dict[str, Any] | None = None  # committed: where the next batch starts
+        self._restore: dict[str, Any] | None = None
+        self.streams: list[ShardStream] | None = None
 
     def __iter__(self):
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"draws": self.position["draws"], "consumed": list(self.position["consumed"])}
+        return self.position if self.position is not None else self._restore or {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = {"draws": int(state["draws"]), "consumed": [int(c) for c in state["consumed"]]}
-        self._streams = None
+        self._restore = state or None
+        self.streams = self.position = None
 
     def _start(self) -> None:
         info = get_worker_info()
-        worker = info.id if info else 0
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        slot, slots = self.rank * workers + worker, self.world * workers
         seed = self.recipe.seed
         self.tokenizer = MultimodalTokenizer(self.recipe.tokenizer, self.datasets)
-        self._streams = []
+        self.streams = []
         for d, ds in enumerate(self.datasets):
-            stream = train_samples(
-                expand_shards(ds.shards), stream_seed(seed, self.rank, worker, d), self.recipe.data.shuffle_buffer
-            )
-            for _ in range(self.position["consumed"][d]):
-                next(stream)
-            self._streams.append(stream)
-        weights = [ds.weight for ds in self.datasets]
-        self.sampler = TaskSampler(weights, stream_seed(seed, self.rank, worker, 1 << 20), self.position["draws"])
-        self._consumed = list(self.position["consumed"])
-        self._carry: TokenSequence | None = None
-
-    def _next_sequence(self) -> TokenSequence:
-        while True:
-            d = next(self.sampler)
-            raw = next(self._streams[d])
-            self._consumed[d] += 1
             try:
-                return self.tokenizer(decode_example(raw, d, self.datasets[d], self.recipe.tokenizer))
-            except BadSample as bad:
-                log.warning("skipped %s key=%s in %s: %s", self.datasets[d].name, raw.get("__key__"), raw.get("__url__"), bad)
+                stream = ShardStream(
+                    expand_shards(ds.shards),
+                    seed=stream_seed(seed, d),
+                    slot=slot,
+                    slots=slots,
+                    resample=ds.resample,
+                    shuffle_buffer=self.recipe.data.shuffle_buffer,
+                    on_broken=lambda err, d=d: self._skip(d, "broken shard", str(err)),
+                )
+            except ValueError as err:
+                raise ValueError(f"dataset {ds.name}: {err}") from None
+            self.streams.append(stream)
+        draws, pending = 0, None
+        self.read = [0] * len(self.datasets)
+        self.skipped = [Counter() for _ in self.datasets]
+        if self._restore:
+            draws, pending = int(self._restore["draws"]), self._restore["pending"]
+            self.read = [int(n) for n in self._restore["read"]]
+            self.skipped = [Counter(c) for c in self._restore["skipped"]]
+            for stream, state in zip(self.streams, self._restore["streams"]):
+                stream.load_state_dict(state)
+        weights = [ds.weight for ds in self.datasets]
+        self.sampler = TaskSampler(weights, stream_seed(seed, self.rank, worker, 1 << 20), draws)
+        # the sample drawn last that did not fit the previous batch: (dataset, raw, tokens if made)
+        self._pending: tuple[int, dict[str, Any], TokenSequence | None] | None = None
+        if pending is not None:
+            d, coord = pending[0], tuple(int(x) for x in pending[1])
+            self._pending = (d, self.streams[d].fetch([coord])[coord], None)
+        self.position = self._snapshot()
 
-    def __next__(self) -> dict[str, torch.Tensor]:
-        if self._streams is None:
-            self._start()
-        budget = self.recipe.data.batch_tokens
-        seqs = [self._carry] if self._carry is not None else []
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "draws": self.sampler.draws,
+            "streams": [s.state_dict() for s in self.streams],
+            "read": list(self.read),
+            "skipped": [dict(c) for c in self.skipped],
+            "pending": None if self._pending is None else [self._pending[0], list(self._pending[1]["__coord__"])],
+        }
+
+    def _skip(self, d: int, reason: str, where: str) -> None:
+        """Count a broken sample or shard; stop the run when the dataset is mostly broken."""
+        ds = self.datasets[d]
+        self.skipped[d][reason] += 1
+        if reason == "broken shard":
+            self.read[d] += 1
+        log.warning("%s: skipped (%s) %s", ds.name, reason, where)
+        bad, read = sum(self.skipped[d].values()), self.read[d]
+        limit = self.recipe.data.max_bad_fraction
+        if read >= MIN_READ and bad > limit * read:
+            reasons = ", ".join(f"{r}: {n}" for r, n in self.skipped[d].most_common())
+            raise TooManyBadSamples(
+                f"dataset {ds.name}: {bad} of {read} samples read were skipped ({reasons}), "
+                f"over data.max_bad_fraction={limit}; check its shards with `unimodal data inspect {ds.shards}`"
+            )
+
+    def _next_sample(self) -> tuple[int, dict[str, Any], TokenSequence]:
+        """The next usable sample: its dataset, raw bytes and tokens; broken ones are skipped."""
         while True:
-            before = {"draws": self.sampler.draws, "consumed": list(self._consumed)}
-            seq = self._next_sequence()
-            if seqs and padded_tokens(seqs + [seq]) > budget:
-                # `seq` opens the next batch; the position excludes it, so a
-                # resume re-draws it from the same place.
-                self._carry, self.position = seq, before
+            if self._pending is not None:
+                (d, raw, seq), self._pending = self._pending, None
+                if seq is not None:
+                    return d, raw, seq
+            else:
+                d = next(self.sampler)
+                raw = next(self.streams[d])
+                self.read[d] += 1
+            try:
+                return d, raw, self.tokenizer(decode_example(raw, d, self.datasets[d], self.recipe.tokenizer))
+            except BadSample as bad:
+                self._skip(d, bad.reason, f"{raw['__url__']} key {raw['__key__']}: {bad}")
+
+    def __next__(self) -> dict[str, Any]:
+        if self.streams is None:
+            self._start()
+        start = self.position
+        budget = self.recipe.data.batch_tokens
+        items: list[tuple[int, dict[str, Any], TokenSequence]] = []
+        while True:
+            item = self._next_sample()
+            if items and padded_tokens([seq for _, _, seq in items] + [item[2]]) > budget:
+                self._pending = item  # opens the next batch, and is part of the position
                 break
-            seqs.append(seq)
-        return collate(seqs, self.tokenizer.patch_dims, BOS_ID)
+            items.append(item)
+        self.position = self._snapshot()
+        batch = collate([seq for _, _, seq in items], self.tokenizer.patch_dims, BOS_ID)
+        batch["meta"] = {
+            "keys": [f"{self.datasets[d].name}/{raw['__key__']}" for d, raw, _ in items],
+            "epochs": [raw["__epoch__"] for _, raw, _ in items],
+            "skipped": skipped_between(self.datasets, start, self.position),
+        }
+        return batch
 
 
-def build_train_loader(recipe: Recipe, rank: int) -> StatefulDataLoader:
+def skipped_between(datasets: list[DatasetConfig], start: dict[str, Any], end: dict[str, Any]) -> dict[str, int]:
+    """{"dataset/reason": n} skipped from position `start` to `end`."""
+    out = {}
+    for ds, before, after in zip(datasets, start["skipped"], end["skipped"]):
+        for reason, n in after.items():
+            if n - before.get(reason, 0):
+                out[f"{ds.name}/{reason}"] = n - before.get(reason, 0)
+    return out
+
+
+def build_train_loader(recipe: Recipe, rank: int, world: int = 1) -> StatefulDataLoader:
+    """This rank's loader; `world` ranks x `data.workers` workers share the shards."""
     workers = recipe.data.workers
     return StatefulDataLoader(
-        MixedBatches(recipe, rank),
+        MixedBatches(recipe, rank, world),
         batch_size=None,
         num_workers=workers,
         prefetch_factor=4 if workers else None,

@@ -1,20 +1,43 @@
-"""Raw sample streams over WebDataset shards, spelled out as pipeline stages.
+"""Raw samples from WebDataset shards, one shard at a time, with a resumable position.
 
-Training reads each dataset as an endless stream (webdataset's resampled
-mode: shards drawn with replacement), seeded per rank, worker and dataset, so
-that every rank and worker sees its own deterministic order without any
-coordination. Evaluation reads held-out shards once, in order.
+A dataset's stream is an endless sequence of shard passes ("epochs"). In each
+epoch the shard order is a pure function of (seed, epoch, rank, worker):
+
+    resample=True   each (rank, worker) draws len(shards) shards with replacement,
+                    its own seed, so mixing never runs dry;
+    resample=False  one global permutation of the shards per epoch, dealt out
+                    to the world's (rank, worker) slots round-robin, so across all
+                    ranks and workers every sample is read exactly once per epoch.
+
+Shards are opened with webdataset's own URL opener (local paths, `pipe:`
+commands, http) and tar expander; a shard that breaks mid-way (truncated,
+unreadable) ends early with `BrokenShard`, and the stream moves on. Samples
+then pass a seeded shuffle buffer. The position (epoch, shard, offset, and the
+coordinates of the samples in the buffer with the buffer's RNG state) is plain
+data: restoring it re-reads only the shards the buffer spans, never the epoch.
 Nothing is decoded here: samples stay bytes until `decode_example`.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
+import logging
+import tarfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import webdataset as wds
+from webdataset.tariterators import group_by_keys
+
+log = logging.getLogger(__name__)
+
+
+class BrokenShard(Exception):
+    """A shard that could not be read to its end (truncated tar, failed pipe, bad gzip)."""
+
+    def __init__(self, url: str, detail: str):
+        super().__init__(f"{url}: {detail}")
+        self.url = url
 
 
 def stream_seed(*parts: int) -> int:
@@ -22,15 +45,190 @@ def stream_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def train_samples(urls: list[str], seed: int, shuffle_buffer: int) -> Iterator[dict[str, Any]]:
-    stages = [
-        wds.ResampledShards(urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
-    ]
-    if shuffle_buffer:
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(seed)))
-    return iter(wds.DataPipeline(*stages))
+class _LastRead:
+    """A tar stream that remembers the last block read: an intact tar ends on a zero block.
+
+    tarfile takes a shard cut at a member boundary for a complete archive; webdataset
+    inherits that, so a truncated shard would pass silently.
+    """
+
+    def __init__(self, fileobj):
+        self.fileobj, self.last = fileobj, b""
+
+    def read(self, size: int = -1) -> bytes:
+        self.last = self.fileobj.read(size)
+        return self.last
+
+    def __getattr__(self, name: str):
+        return getattr(self.fileobj, name)
+
+
+def tar_members(url: str, fileobj) -> Iterator[dict[str, Any]]:
+    """{"fname", "data", "__url__"} per regular member, in webdataset's shape for `group_by_keys`."""
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        tar.fileobj = _LastRead(tar.fileobj)
+        for info in tar:
+            if info.isreg():
+                yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+            tar.members = []  # stream mode: keep no history
+        if tar.fileobj.last != bytes(tarfile.BLOCKSIZE):
+            raise tarfile.ReadError("truncated: the tar has no end-of-archive block")
+
+
+def read_shard(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, in order, as {"__key__", "__url__", ext: bytes}.
+
+    Opens `url` with webdataset's `gopen` (paths, `pipe:`, http) and groups
+    members into samples with its `group_by_keys`. Raises BrokenShard after the
+    last complete sample when the shard breaks; the sample being read then is
+    dropped, never yielded half-read.
+    """
+    try:
+        stream = wds.gopen(url)
+    except Exception as err:  # gopen raises whatever its backend raises
+        raise BrokenShard(url, f"cannot open ({err!r})") from None
+    try:
+        yield from group_by_keys(tar_members(url, stream))
+    except Exception as err:  # tarfile, gzip, zlib and pipes each raise their own kinds
+        raise BrokenShard(url, f"{type(err).__name__}: {err}") from None
+    finally:
+        try:
+            stream.close()
+        except Exception as err:  # a `pipe:` command that failed reports it on close
+            log.warning("closing %s: %r", url, err)
+
+
+Coord = tuple[int, int, int]  # (epoch, shard position in that epoch's order, sample offset in the shard)
+
+
+class ShardStream:
+    """One dataset's endless raw samples for one (rank, worker) slot of the world, resumable.
+
+    `seed` is the dataset's seed, the same on every slot (the epoch permutation
+    must agree across slots); `slot` in [0, slots) is rank * workers + worker.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        seed: int,
+        slot: int,
+        slots: int,
+        resample: bool,
+        shuffle_buffer: int,
+        on_broken: Callable[[BrokenShard], None],
+    ):
+        if not resample and len(urls) < slots:
+            raise ValueError(
+                f"{len(urls)} shards cannot be split over {slots} loader slots (ranks x workers): "
+                "write more, smaller shards (`unimodal shards write --max-count`) or set resample: true"
+            )
+        self.urls, self.seed, self.slot, self.slots = urls, seed, slot, slots
+        self.resample, self.size, self.on_broken = resample, shuffle_buffer, on_broken
+        self.epoch = self.shard = self.offset = 0
+        self.buffer: list[tuple[Coord, dict[str, Any]]] = []
+        self.rng = np.random.default_rng([seed, slot])  # the shuffle buffer's draws
+        self._reader: Iterator[dict[str, Any]] | None = None
+        self._order: tuple[int, list[str]] = (-1, [])
+        self._empty_shards = 0
+
+    def order(self, epoch: int) -> list[str]:
+        """This slot's shards for `epoch`, in reading order."""
+        n = len(self.urls)
+        if self.resample:
+            picks = np.random.default_rng([self.seed, self.slot, epoch]).integers(n, size=n)
+            return [self.urls[i] for i in picks]
+        perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+        return [self.urls[i] for i in perm[self.slot :: self.slots]]
+
+    def _epoch_order(self) -> list[str]:
+        if self._order[0] != self.epoch:
+            self._order = (self.epoch, self.order(self.epoch))
+        return self._order[1]
+
+    def _read(self) -> tuple[Coord, dict[str, Any]]:
+        """The next raw sample in shard order, with its coordinates."""
+        while True:
+            if self._reader is None:
+                shards = self._epoch_order()
+                if self.shard >= len(shards):
+                    self.epoch, self.shard, self.offset = self.epoch + 1, 0, 0
+                    continue
+                self._reader = read_shard(shards[self.shard])
+                for _ in range(self.offset):  # resuming inside a shard
+                    next(self._reader)
+            try:
+                sample = next(self._reader)
+            except (StopIteration, BrokenShard) as end:
+                if isinstance(end, BrokenShard):
+                    self.on_broken(end)
+                self._empty_shards = self._empty_shards + 1 if self.offset == 0 else 0
+                if self._empty_shards > 2 * len(self.urls):
+                    raise BrokenShard(self.urls[0], f"no sample in {self._empty_shards} shards in a row") from None
+                self._reader, self.shard, self.offset = None, self.shard + 1, 0
+                continue
+            coord = (self.epoch, self.shard, self.offset)
+            self.offset += 1
+            return coord, self._tag(sample, coord)
+
+    def __iter__(self) -> ShardStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if not self.size:
+            return self._read()[1]
+        while len(self.buffer) < self.size:
+            self.buffer.append(self._read())
+        k = int(self.rng.integers(self.size))
+        sample = self.buffer[k][1]
+        self.buffer[k] = self._read()
+        return sample
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: the reading cursor, the buffer's sample coordinates, the shuffle RNG."""
+        return {
+            "epoch": self.epoch,
+            "shard": self.shard,
+            "offset": self.offset,
+            "buffer": [list(coord) for coord, _ in self.buffer],
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Return to `state`, re-reading the buffered samples from the shards they came from."""
+        self.epoch, self.shard, self.offset = int(state["epoch"]), int(state["shard"]), int(state["offset"])
+        self.rng.bit_generator.state = state["rng"]
+        self._reader, self._order = None, (-1, [])
+        coords = [tuple(int(x) for x in c) for c in state["buffer"]]
+        found = self.fetch(coords)
+        self.buffer = [(c, found[c]) for c in coords]
+
+    def fetch(self, coords: list[Coord]) -> dict[Coord, dict[str, Any]]:
+        """The raw samples at `coords`, each shard read once and only as far as needed."""
+        wanted: dict[tuple[int, int], set[int]] = {}
+        for epoch, shard, offset in coords:
+            wanted.setdefault((epoch, shard), set()).add(offset)
+        found: dict[Coord, dict[str, Any]] = {}
+        for (epoch, shard), offsets in wanted.items():
+            url = self.order(epoch)[shard]
+            for offset, sample in enumerate(read_shard(url)):
+                if offset in offsets:
+                    found[(epoch, shard, offset)] = self._tag(sample, (epoch, shard, offset))
+                if offset == max(offsets):
+                    break
+            if not all((epoch, shard, o) in found for o in offsets):
+                raise BrokenShard(url, "holds fewer samples than when the checkpoint was written")
+        return found
+
+    @staticmethod
+    def _tag(sample: dict[str, Any], coord: Coord) -> dict[str, Any]:
+        sample["__epoch__"], sample["__coord__"] = coord[0], coord
+        return sample
 
 
 def eval_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    return iter(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+    """Held-out samples: every shard once, in order; a broken shard raises."""
+    for url in urls:
+        yield from read_shard(url)
+

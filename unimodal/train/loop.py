@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import deepspeed
@@ -17,7 +18,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from unimodal.config import Recipe
+from unimodal.config import Recipe, expand_shards
+from unimodal.data.index import shard_samples
 from unimodal.data.loader import build_train_loader
 from unimodal.model import UnifiedModel, count_parameters
 from unimodal.tokenize.multimodal import MultimodalTokenizer
@@ -76,7 +78,40 @@ def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return {
         k: v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
         for k, v in batch.items()
+        if isinstance(v, torch.Tensor)
     }
+
+
+class DataCounts:
+    """Samples consumed and skipped per dataset over the whole stage, for epochs and broken data.
+
+    Kept in the checkpoint, so the counts run on across a resume.
+    """
+
+    def __init__(self, recipe: Recipe, state: dict | None = None):
+        self.names = [d.name for d in recipe.data.datasets]
+        self.sizes = {d.name: sum(shard_samples(expand_shards(d.shards)) or [0]) for d in recipe.data.datasets}
+        self.seen = Counter(state["seen"]) if state else Counter()
+        self.skipped = Counter(state["skipped"]) if state else Counter()
+
+    def add(self, meta: dict) -> None:
+        self.seen.update(key.split("/", 1)[0] for key in meta["keys"])
+        self.skipped.update(meta["skipped"])
+
+    def state_dict(self) -> dict:
+        return {"seen": dict(self.seen), "skipped": dict(self.skipped)}
+
+    def record(self) -> dict:
+        """Totals over all ranks: epochs per dataset (where index.json gives its size), skips."""
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.state_dict())
+        seen, skipped = Counter(), Counter()
+        for part in parts:
+            seen.update(part["seen"])
+            skipped.update(part["skipped"])
+        rec = {f"epochs/{n}": seen[n] / self.sizes[n] for n in self.names if self.sizes[n]}
+        rec.update({f"skipped/{k}": v for k, v in sorted(skipped.items())})
+        return rec
 
 
 def train(recipe: Recipe, resume: bool) -> dict:
@@ -99,7 +134,7 @@ def train(recipe: Recipe, resume: bool) -> dict:
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
     engine = build_engine(recipe, model)
     dtype = next(engine.module.parameters()).dtype
-    loader = build_train_loader(recipe, rank)
+    loader = build_train_loader(recipe, rank, world)
 
     step = 0
     client_state = load_latest(engine, ckpt_dir) if resume else None
@@ -109,6 +144,7 @@ def train(recipe: Recipe, resume: bool) -> dict:
         if len(positions) != world:
             raise ValueError(f"{ckpt_dir}: saved by {len(positions)} ranks, resumed on {world}")
         loader.load_state_dict(positions[rank])
+    counts = DataCounts(recipe, client_state["data"][rank] if client_state else None)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
@@ -126,7 +162,9 @@ def train(recipe: Recipe, resume: bool) -> dict:
     while step < recipe.train.steps:
         for _ in range(engine.gradient_accumulation_steps()):
             t0 = time.perf_counter()
-            batch = to_device(next(batches), engine.device, dtype)
+            batch = next(batches)
+            counts.add(batch.pop("meta"))
+            batch = to_device(batch, engine.device, dtype)
             wait = time.perf_counter() - t0
             out = engine(batch)
             engine.backward(out["loss"])
@@ -135,14 +173,15 @@ def train(recipe: Recipe, resume: bool) -> dict:
         step += 1
         logger.advance()
         if step % recipe.logging.every == 0 or step == recipe.train.steps:
-            record = window.record(step, engine.get_lr()[0], names, world)
+            record = window.record(step, engine.get_lr()[0], names, world) | counts.record()
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
             # DeepSpeed writes client_state from rank 0 only: it carries every rank's loader position
-            positions = [None] * world
+            positions, data = [None] * world, [None] * world
             dist.all_gather_object(positions, loader.state_dict())
-            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loaders": positions})
+            dist.all_gather_object(data, counts.state_dict())
+            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loaders": positions, "data": data})
 
     state = full_state_dict(engine)
     done = {
