@@ -15,6 +15,7 @@ import soundfile
 import webdataset as wds
 from PIL import Image
 
+from unimodal.data.index import shard_samples
 from unimodal.data.demo import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, write_demo
 
 SCALE = 0.02
@@ -44,7 +45,7 @@ def samples(out: Path, split: str, modality: str) -> list[dict]:
 def test_layout_and_counts(demo):
     out, counts = demo
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    expected = ["index.json"]
+    expected = ["index.json", "train/index.json", "test/index.json"]
     for modality in FIELDS:
         expected += [f"test/{modality}-000000.tar"]
         expected += [f"train/{modality}-000000.tar", f"train/{modality}-000001.tar"]
@@ -58,6 +59,7 @@ def test_layout_and_counts(demo):
         shard_files = shards(out, "train", modality)
         per_shard = [len(list(wds.WebDataset(s, shardshuffle=False))) for s in shard_files]
         assert sum(per_shard) == n and max(per_shard) - min(per_shard) <= 1
+        assert shard_samples([str(s) for s in shard_files]) == per_shard  # index.json beside them
 
 
 def test_shards_are_plain_tars_with_clean_keys(demo):

@@ -12,6 +12,7 @@ Layout (shards are plain tars, one sample = members sharing a key):
 
     out_dir/train/<modality>-000000.tar, <modality>-000001.tar
     out_dir/test/<modality>-000000.tar
+    out_dir/<split>/index.json  samples and bytes per shard (see unimodal.data.index)
     out_dir/index.json      sample counts per split and modality
 
 Image and video test samples come from scans held out of train, never shared.
@@ -38,6 +39,8 @@ import torchaudio.functional as AF
 import webdataset as wds
 from PIL import Image
 from sklearn.datasets import load_digits
+
+from unimodal.data.index import write_index
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DTMF_HZ = {  # (row, column) tone of each key on a telephone keypad
@@ -110,15 +113,21 @@ def digit_scans(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def write_shards(
     directory: Path, modality: str, split: str, samples, total: int, shards: int
 ) -> int:
-    """Spread `total` samples evenly over `shards` tars named <modality>-%06d.tar."""
+    """Spread `total` samples evenly over `shards` tars named <modality>-%06d.tar, indexed."""
     directory.mkdir(parents=True, exist_ok=True)
     pattern = str(directory / f"{modality}-%06d.tar")
+    per_shard = math.ceil(total / shards)
     written = 0
     # mtime=0 so that the tars themselves, not just their members, are reproducible
-    with wds.ShardWriter(pattern, maxcount=math.ceil(total / shards), verbose=0, mtime=0) as sink:
+    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0, mtime=0) as sink:
         for sample in samples:
             sink.write({"__key__": f"{modality}-{split}-{written:06d}", **sample})
             written += 1
+    names = [Path(pattern % i) for i in range(math.ceil(written / per_shard))]
+    write_index(directory, [
+        {"name": p.name, "samples": min(per_shard, written - i * per_shard), "bytes": p.stat().st_size}
+        for i, p in enumerate(names)
+    ])
     return written
 
 
