@@ -15,8 +15,8 @@ import soundfile
 import webdataset as wds
 from PIL import Image
 
-from unimodal.data.index import shard_samples
 from unimodal.data.demo import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, write_demo
+from unimodal.data.index import shard_samples
 
 SCALE = 0.02
 FIELDS = {

@@ -4,12 +4,16 @@ Each decoder takes the member's bytes and returns plain arrays/strings; the
 tokenizer turns those into patches. Decoding runs in DataLoader workers.
 A sample that cannot be decoded raises `BadSample` with a short reason, which
 the stream counts per dataset and skips.
+
+Nothing here unpickles (no pickle, torch.load or webdataset auto-decoders):
+a shard is untrusted input, so pickle-bearing members are never decodable.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,7 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image
 
-from unimodal.config import DatasetConfig, TokenizerConfig
+from unimodal.config import DatasetConfig, TokenizerConfig, VideoTokens
 from unimodal.data.fields import extension, split_field
 
 
@@ -43,27 +47,100 @@ class Example:
 
 
 def decode_image(data: bytes) -> Image.Image:
+    """jpg/png/webp as 8-bit RGB; palette, greyscale and alpha inputs are converted too.
+
+    16-bit greyscale (a PNG mode) is scaled to 8 bits first: Pillow's own conversion
+    clips it, which would turn nearly every pixel white. Alpha is dropped.
+    """
     img = Image.open(io.BytesIO(data))
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
     return img.convert("RGB")
 
 
 def decode_audio(data: bytes, sample_rate: int) -> torch.Tensor:
-    """Mono float32 waveform at `sample_rate` (soundfile decodes, torchaudio resamples)."""
+    """Mono float32 waveform at `sample_rate`: channels averaged, then resampled.
+
+    soundfile decodes wav, flac, ogg (vorbis) and mp3 alike: its wheels bundle
+    libsndfile >= 1.1, the first with mp3, so no second decoder is needed.
+    """
     wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    if not len(wave):
+        raise BadSample("audio has no samples")
     mono = torch.from_numpy(wave.mean(axis=1))
     if rate != sample_rate:
         mono = AF.resample(mono, rate, sample_rate)
     return mono
 
 
-def decode_video(data: bytes, frames: int) -> np.ndarray:
-    """`frames` RGB frames spread evenly over the clip, uint8 [T, H, W, 3]."""
+def decode_video(data: bytes, video: VideoTokens) -> np.ndarray:
+    """`video.frames` RGB frames, uint8 [T, H, W, 3].
+
+    Without `video.fps` they are spread evenly over the whole clip, which needs
+    every frame decoded. With it they are taken at that rate from a window of
+    frames/fps seconds centred in the clip (or starting at 0 if the clip is
+    shorter), and decoding stops once the window is past.
+    """
     with av.open(io.BytesIO(data)) as container:
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not decoded:
+        stream = container.streams.video[0]
+        decoded = container.decode(stream)
+        if video.fps is None:
+            frames = list(decoded)
+            if not frames:
+                raise BadSample("video has no frames")
+            spread = np.linspace(0, len(frames) - 1, video.frames).round().astype(int)
+            picked = [frames[i] for i in spread]
+        else:
+            start, seconds = clip_span(container, stream)
+            if seconds is None:  # e.g. a live-recorded webm, whose header never got a duration
+                decoded = list(decoded)
+                seconds = measured_seconds(decoded)
+            start += max(0.0, (seconds - video.frames / video.fps) / 2)
+            picked = frames_at_rate(decoded, start, video.frames, video.fps)
+        arrays = {id(f): f.to_ndarray(format="rgb24") for f in picked}  # a repeated frame converts once
+    return np.stack([arrays[id(f)] for f in picked])
+
+
+def clip_span(container: av.container.InputContainer, stream: av.VideoStream) -> tuple[float, float | None]:
+    """The clip's start time and duration in seconds from its header (duration None if absent)."""
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    if stream.duration:
+        return start, float(stream.duration * stream.time_base)
+    if container.duration:  # webm and mkv keep the duration for the file only
+        return start, container.duration / av.time_base
+    return start, None
+
+
+def measured_seconds(frames: list[av.VideoFrame]) -> float:
+    """Duration of decoded frames: first to last, plus the last one's share."""
+    if len(frames) < 2:
+        return 0.0
+    span = frames[-1].time - frames[0].time
+    return span * len(frames) / (len(frames) - 1)
+
+
+def frames_at_rate(decoded: Iterable[av.VideoFrame], start: float, count: int, fps: float) -> list[av.VideoFrame]:
+    """`count` frames nearest the times start, +1/fps, +2/fps...; the last repeats if the clip ends first.
+
+    Later times count from the first picked frame rather than from `start`, so a
+    rate that divides the source's lands on frames instead of between two, where
+    rounding could pick one frame twice and skip its neighbour.
+    """
+    picked: list[av.VideoFrame] = []
+    prev = None
+    for frame in decoded:
+        while len(picked) < count:
+            target = picked[0].time + len(picked) / fps if picked else start
+            if frame.time < target:
+                break
+            prev_nearer = prev is not None and target - prev.time <= frame.time - target
+            picked.append(prev if prev_nearer else frame)
+        if len(picked) == count:
+            return picked
+        prev = frame
+    if prev is None:
         raise BadSample("video has no frames")
-    pick = np.linspace(0, len(decoded) - 1, frames).round().astype(int)
-    return np.stack([decoded[i] for i in pick])
+    return picked + [prev] * (count - len(picked))
 
 
 def decode_text(data: bytes, path: list[str]) -> str:
@@ -95,7 +172,7 @@ def decode_field(raw: dict[str, Any], field: str, modality: str, tok: TokenizerC
             return decode_image(data)
         if modality == "audio":
             return decode_audio(data, tok.audio.sample_rate)
-        return decode_video(data, tok.video.frames)
+        return decode_video(data, tok.video)
     except BadSample:
         raise
     except Exception as err:  # every library raises its own kind on corrupt media
