@@ -43,6 +43,11 @@ def test_two_rank_zero2_run_learns(uninterrupted, workspace):
     for task in ("digit-captions", "number-words"):
         assert last[f"loss/{task}"] < first[f"loss/{task}"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["padding_efficiency"] <= 1 for r in recs)
+    # epochs from index.json: samples consumed so far over the dataset's size
+    size = json.loads((workspace / "data/demo/train/index.json").read_text())
+    images = sum(e["samples"] for e in size["shards"] if e["name"].startswith("image-"))
+    consumed = sum(r["samples/digit-captions"] for r in recs)
+    assert last["epochs/digit-captions"] == pytest.approx(consumed / images)
     assert list((uninterrupted / "wandb").glob("offline-run-*"))
     assert list((uninterrupted / "checkpoints").glob("step*")) and (uninterrupted / "recipe.yaml").is_file()
     # the values used, overrides included, are saved beside the run
@@ -63,6 +68,7 @@ def test_resume_continues_the_uninterrupted_loss_curve(uninterrupted, workspace)
     a, b = records(uninterrupted), records(stopped)
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in b] == [r["loss"] for r in a]  # bit-exact on CPU
+    assert b[-1]["epochs/number-words"] == a[-1]["epochs/number-words"]  # counts carried over
 
 
 def test_evaluation_reads_the_stage_weights(uninterrupted, in_workspace):
