@@ -1,6 +1,9 @@
 """The `unimodal` command.
 
     unimodal data demo OUT_DIR               write the demo shards
+    unimodal data inspect SHARDS... [--json] [--samples] [--limit N]
+    unimodal shards write (--manifest FILE.jsonl | --folder DIR) --out DIR
+                          [--prefix NAME] [--max-count N] [--max-size 1G] [--workers K]
     unimodal tokenizer train SHARDS... --out DIR
     unimodal train RECIPE [--nproc N] [--set F=V ...] [--resume]
     unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...]
@@ -17,6 +20,8 @@ import time
 from pathlib import Path
 
 from unimodal.config import RecipeError, load_recipe
+from unimodal.data.inspect import NoShards, format_report, inspect_shards, shard_urls
+from unimodal.data.write import ShardWriteError, folder_samples, manifest_samples, size_in_bytes, summary, write_shards
 from unimodal.train.launch import StageFailed
 
 DEMO_DATA, DEMO_RUNS, DEMO_CURRICULUM = Path("data/demo"), Path("runs/demo"), Path("recipes/smoke/curriculum.yaml")
@@ -27,6 +32,18 @@ def cmd_data_demo(args) -> None:
 
     counts = write_demo(args.out_dir, scale=args.scale, seed=args.seed)
     print(json.dumps(counts))
+
+
+def cmd_data_inspect(args) -> None:
+    report = inspect_shards(shard_urls(args.shards), args.limit, args.samples)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def cmd_shards_write(args) -> None:
+    started = time.perf_counter()
+    samples = manifest_samples(args.manifest) if args.manifest else folder_samples(args.folder)
+    entries = write_shards(samples, args.out, args.prefix, args.max_count, args.max_size, args.workers)
+    print(summary(entries, args.out, args.prefix, time.perf_counter() - started))
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -106,6 +123,24 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--scale", type=float, default=1.0, help="multiply the default sample counts")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data_demo)
+    q = data.add_parser("inspect", help="read shards as training would: fields, decode failures, broken shards")
+    q.add_argument("shards", nargs="+", help="shard paths, brace patterns, globs or URLs")
+    q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    q.add_argument("--samples", action="store_true", help="list every sample's members with bytes and sha256")
+    q.add_argument("--limit", type=int, metavar="N", help="stop after this many samples")
+    q.set_defaults(func=cmd_data_inspect)
+
+    shards = sub.add_parser("shards", help="shard utilities").add_subparsers(dest="shards_command", required=True)
+    q = shards.add_parser("write", help="pack a JSONL manifest or a folder of files into WebDataset shards")
+    source = q.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", type=Path, metavar="FILE", help="JSONL, a sample a line: {ext: file, txt: text}")
+    source.add_argument("--folder", type=Path, metavar="DIR", help="files sharing a path stem are a sample (a/1.jpg, a/1.txt)")
+    q.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the shards and index.json")
+    q.add_argument("--prefix", default="shard", metavar="NAME", help="shard names: NAME-000000.tar, ... (default shard)")
+    q.add_argument("--max-count", type=int, default=10_000, metavar="N", help="samples per shard at most (default 10000)")
+    q.add_argument("--max-size", type=size_in_bytes, default="1G", metavar="BYTES", help="bytes per shard at most (default 1G)")
+    q.add_argument("--workers", type=int, default=1, metavar="K", help="shards written in parallel (default 1)")
+    q.set_defaults(func=cmd_shards_write)
 
     tok = sub.add_parser("tokenizer", help="text tokenizer").add_subparsers(dest="tok_command", required=True)
     q = tok.add_parser("train", help="train SentencePiece on the text fields (.txt, .json strings) of shards")
@@ -144,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except RecipeError as err:
+    except (RecipeError, ShardWriteError, NoShards) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except StageFailed as err:

@@ -2,7 +2,8 @@
 
 Fields are named by their extension, as in every WebDataset tool; a recipe
 picks them per dataset (`inputs: {image: jpg}`, `target: json.caption`).
-Pickle-bearing extensions are deliberately absent: they are never decoded.
+Pickle-bearing extensions (`PICKLED`) have no decoder: unpickling a shard runs
+its code, so they are never decoded, and `unimodal shards write` never writes them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ DECODABLE: dict[str, tuple[str, ...]] = {
     "audio": ("wav", "flac", "ogg", "mp3"),
     "video": ("mp4", "webm", "mkv", "avi"),
 }
+PICKLED: tuple[str, ...] = ("pyd", "pkl", "pickle", "pth")
 
 
 def split_field(field: str) -> tuple[str, list[str]]:
@@ -38,3 +40,14 @@ def check_field(field: str, modality: str) -> None:
         )
     if ext == "json" and not path:
         raise ValueError(f"field {field!r}: a json field needs a path, e.g. json.caption")
+
+
+def suffix(ext: str) -> str:
+    """The last dotted part of a member's extension, lowercased: `seg.PNG` -> png."""
+    return ext.rsplit(".", 1)[-1].lower()
+
+
+def modality_of(ext: str) -> str | None:
+    """The modality whose decoder reads members with this extension; None if none does."""
+    last = suffix(ext)
+    return next((modality for modality, exts in DECODABLE.items() if last in exts), None)

@@ -32,9 +32,12 @@ def read_index(directory: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def write_index(directory: str | Path, entries: list[dict[str, Any]]) -> Path:
-    """Merge `entries` ({name, samples, bytes}) into `directory/index.json`, atomically."""
+    """Merge `entries` ({name, samples, bytes}) into `directory/index.json`, atomically.
+
+    Entries for shards no longer in `directory` are dropped.
+    """
     directory = Path(directory)
-    shards = read_index(directory)
+    shards = {name: e for name, e in read_index(directory).items() if (directory / name).is_file()}
     shards.update({e["name"]: {"name": e["name"], "samples": int(e["samples"]), "bytes": int(e["bytes"])} for e in entries})
     ordered = [shards[name] for name in sorted(shards)]
     data = {
