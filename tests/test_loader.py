@@ -133,7 +133,14 @@ def test_max_bad_fraction_stops_the_run_naming_the_dataset(in_workspace, tmp_pat
             pass
     run = unimodal("train", str(path), "--nproc", "1", "--set", "train.steps=50", cwd=in_workspace)
     assert run.returncode != 0
-    assert "dataset half-broken" in run.stderr + run.stdout and "max_bad_fraction" in run.stderr + run.stdout
+    assert "error: dataset half-broken: 50 of 101 samples read were skipped (undecodable png: 50)" in run.stderr and "max_bad_fraction" in run.stderr
+
+
+def test_epochs_need_a_shard_per_loader_slot(in_workspace, tmp_path):
+    write_shards(tmp_path / "shards", "img")
+    path = image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=3)
+    with pytest.raises(ValueError, match=r"\(images\): resample: false deals 8 shards over 4 ranks x 3 workers; it needs at least 12"):
+        build_train_loader(load_recipe(path), 0, world=4)
 
 
 def test_resampled_streams_differ_per_slot_and_epoch_mode_needs_enough_shards():

@@ -79,18 +79,15 @@ class MixedBatches(IterableDataset):
         self.tokenizer = MultimodalTokenizer(self.recipe.tokenizer, self.datasets)
         self.streams = []
         for d, ds in enumerate(self.datasets):
-            try:
-                stream = ShardStream(
-                    expand_shards(ds.shards),
-                    seed=stream_seed(seed, d),
-                    slot=slot,
-                    slots=slots,
-                    resample=ds.resample,
-                    shuffle_buffer=self.recipe.data.shuffle_buffer,
-                    on_broken=lambda err, d=d: self._skip(d, "broken shard", str(err)),
-                )
-            except ValueError as err:
-                raise ValueError(f"dataset {ds.name}: {err}") from None
+            stream = ShardStream(
+                expand_shards(ds.shards),
+                seed=stream_seed(seed, d),
+                slot=slot,
+                slots=slots,
+                resample=ds.resample,
+                shuffle_buffer=self.recipe.data.shuffle_buffer,
+                on_broken=lambda err, d=d: self._skip(d, "broken shard", str(err)),
+            )
             self.streams.append(stream)
         draws, pending = 0, None
         self.read = [0] * len(self.datasets)
@@ -186,6 +183,15 @@ def skipped_between(datasets: list[DatasetConfig], start: dict[str, Any], end: d
 def build_train_loader(recipe: Recipe, rank: int, world: int = 1) -> StatefulDataLoader:
     """This rank's loader; `world` ranks x `data.workers` workers share the shards."""
     workers = recipe.data.workers
+    slots = world * max(1, workers)
+    for i, ds in enumerate(recipe.data.datasets):
+        shards = len(expand_shards(ds.shards))
+        if not ds.resample and shards < slots:
+            raise ValueError(
+                f"data.datasets.{i} ({ds.name}): resample: false deals {shards} shards over "
+                f"{world} ranks x {max(1, workers)} workers; it needs at least {slots} shards "
+                "(write smaller ones with `unimodal shards write --max-count`) or resample: true"
+            )
     return StatefulDataLoader(
         MixedBatches(recipe, rank, world),
         batch_size=None,

@@ -20,13 +20,17 @@ Batch layout (all tensors, built in DataLoader workers by `collate`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+from torch.utils.data import get_worker_info
 
 MODALITIES = ("pad", "text", "image", "audio", "video")
 PATCH_MODALITIES = ("image", "audio", "video")
 IGNORE_INDEX = -100
+_CODE = {m: i for i, m in enumerate(MODALITIES)}
 
 
 @dataclass
@@ -42,61 +46,93 @@ class Segment:
 
 @dataclass
 class TokenSequence:
-    """A tokenized sample: encoder segments in order, the text target, its dataset."""
+    """A tokenized sample: encoder segments in order, the text target, its dataset.
+
+    Treat it as immutable: the lengths are computed once (the loader asks for
+    them again for every sample it adds to a token-budget batch).
+    """
 
     segments: list[Segment]
     target: torch.Tensor  # long [t], ends with EOS
     dataset: int
 
-    @property
+    @cached_property
     def enc_len(self) -> int:
-        return sum(len(s) for s in self.segments)
+        return sum(s.data.shape[0] for s in self.segments)
 
-    @property
+    @cached_property
     def dec_len(self) -> int:
-        return len(self.target)
+        return self.target.shape[0]
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor; in a DataLoader worker, in shared memory.
+
+    A worker hands tensors over through shared memory: one built in ordinary
+    memory is copied there when the batch is sent (for image batches that is
+    the largest copy of the whole pipeline), one built there is sent as is.
+    torch's own default_collate does the same.
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 def collate(
     seqs: list[TokenSequence], patch_dims: dict[str, int], bos_id: int
 ) -> dict[str, torch.Tensor]:
-    """Pad a list of sequences into the batch layout above."""
+    """Pad a list of sequences into the batch layout above.
+
+    Per sample only lists are built; the tensors are filled once per batch
+    (row-major boolean-mask assignment places runs exactly as per-row slices would).
+    """
     b = len(seqs)
-    enc_len = max(s.enc_len for s in seqs)
-    dec_len = max(s.dec_len for s in seqs)
-    enc_ids = torch.zeros(b, enc_len, dtype=torch.long)
-    modality = torch.zeros(b, enc_len, dtype=torch.long)
-    enc_mask = torch.zeros(b, enc_len, dtype=torch.bool)
-    dec_in = torch.zeros(b, dec_len, dtype=torch.long)
-    dec_out = torch.full((b, dec_len), IGNORE_INDEX, dtype=torch.long)
+    enc_lens = torch.tensor([s.enc_len for s in seqs], dtype=torch.long)
+    dec_lens = torch.tensor([s.dec_len for s in seqs], dtype=torch.long)
+    enc_len, dec_len = int(enc_lens.max()), int(dec_lens.max())
+    codes: list[int] = []
+    runs: list[int] = []
+    text: list[torch.Tensor] = []
     patches: dict[str, list[torch.Tensor]] = {m: [] for m in PATCH_MODALITIES}
-    for i, seq in enumerate(seqs):
-        at = 0
+    for seq in seqs:
         for seg in seq.segments:
-            n = len(seg)
-            modality[i, at : at + n] = MODALITIES.index(seg.modality)
-            if seg.modality == "text":
-                enc_ids[i, at : at + n] = seg.data
-            else:
-                patches[seg.modality].append(seg.data)
-            at += n
-        enc_mask[i, :at] = True
-        t = seq.dec_len
-        dec_out[i, :t] = seq.target
-        dec_in[i, 0] = bos_id
-        dec_in[i, 1:t] = seq.target[: t - 1]
+            codes.append(_CODE[seg.modality])
+            runs.append(seg.data.shape[0])
+            (text if seg.modality == "text" else patches[seg.modality]).append(seg.data)
+
+    enc_mask = torch.lt(torch.arange(enc_len), enc_lens[:, None], out=_batch_tensor((b, enc_len), torch.bool))
+    modality = _batch_tensor((b, enc_len), torch.long).zero_()
+    modality[enc_mask] = torch.repeat_interleave(torch.tensor(codes, dtype=torch.long), torch.tensor(runs, dtype=torch.long))
+    enc_ids = _batch_tensor((b, enc_len), torch.long).zero_()
+    if text:
+        enc_ids[modality == _CODE["text"]] = torch.cat(text).to(torch.long)
+    positions = _batch_tensor((b, enc_len), torch.long)
+    positions.copy_(torch.arange(enc_len).expand(b, enc_len))
+
+    dec_mask = torch.arange(dec_len) < dec_lens[:, None]
+    dec_out = _batch_tensor((b, dec_len), torch.long).fill_(IGNORE_INDEX)
+    dec_out[dec_mask] = torch.cat([s.target for s in seqs]).to(torch.long)
+    dec_in = _batch_tensor((b, dec_len), torch.long)
+    if dec_len:
+        dec_in[:, 0] = bos_id
+        dec_in[:, 1:] = torch.where(dec_mask[:, 1:], dec_out[:, :-1], 0)
+    dataset = _batch_tensor((b,), torch.long)
+    dataset.copy_(torch.tensor([s.dataset for s in seqs], dtype=torch.long))
     batch = {
         "enc_ids": enc_ids,
         "modality": modality,
-        "positions": torch.arange(enc_len).expand(b, enc_len).contiguous(),
+        "positions": positions,
         "enc_mask": enc_mask,
         "dec_in": dec_in,
         "dec_out": dec_out,
-        "dataset": torch.tensor([s.dataset for s in seqs], dtype=torch.long),
+        "dataset": dataset,
     }
     for m in PATCH_MODALITIES:
         rows = patches[m]
-        batch[f"patches_{m}"] = (
-            torch.cat(rows) if rows else torch.zeros(0, patch_dims[m])
-        ).float()
+        if rows:
+            out = _batch_tensor((sum(r.shape[0] for r in rows), rows[0].shape[1]), torch.float32)
+            batch[f"patches_{m}"] = torch.cat(rows, out=out)
+        else:
+            batch[f"patches_{m}"] = torch.zeros(0, patch_dims[m])
     return batch

@@ -17,6 +17,7 @@ import warnings
 import torch.distributed as dist
 
 from unimodal.config import RecipeError, load_recipe
+from unimodal.data.loader import TooManyBadSamples
 from unimodal.train.loop import train
 
 
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         train(recipe, args.resume)
         dist.barrier()
         dist.destroy_process_group()
+    except TooManyBadSamples as err:  # raised in a loader worker: its message carries the traceback
+        print(f"error: {str(err).strip().splitlines()[-1].split('TooManyBadSamples: ')[-1]}", file=sys.stderr)
+        code = 1
     except Exception:
         traceback.print_exc()
         code = 1
