@@ -43,6 +43,7 @@ def test_two_rank_zero2_run_learns(uninterrupted, workspace):
     for task in ("digit-captions", "number-words"):
         assert last[f"loss/{task}"] < first[f"loss/{task}"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["padding_efficiency"] <= 1 for r in recs)
+    assert all(0 < r["mfu"] < 1 and r["tflops_per_s"] > 0 for r in recs)  # against a measured CPU peak
     # epochs from index.json: samples consumed so far over the dataset's size
     size = json.loads((workspace / "data/demo/train/index.json").read_text())
     images = sum(e["samples"] for e in size["shards"] if e["name"].startswith("image-"))

@@ -22,11 +22,13 @@ from unimodal.config import Recipe, expand_shards
 from unimodal.data.index import shard_samples
 from unimodal.data.loader import build_train_loader
 from unimodal.model import UnifiedModel, count_parameters
+from unimodal.model.flops import batch_train_flops
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
 from unimodal.train.checkpoint import full_state_dict, load_latest, load_weights, save_checkpoint, save_weights
 from unimodal.train.engine import build_engine, model_config
 from unimodal.train.metrics import MetricsLogger
+from unimodal.train.mfu import peak_flops
 
 DONE = "done.json"
 
@@ -39,23 +41,23 @@ class Window:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(6 + 3 * self.n, dtype=torch.float64)
+        self.sums = torch.zeros(7 + 3 * self.n, dtype=torch.float64)
         self.start = time.perf_counter()
 
-    def add(self, out: dict, batch: dict, data_wait: float) -> None:
+    def add(self, out: dict, batch: dict, data_wait: float, flops: int) -> None:
         real = batch["enc_mask"].sum() + (batch["dec_out"] != IGNORE_INDEX).sum()
         padded = batch["enc_mask"].numel() + batch["dec_out"].numel()
         s, n = self.sums, self.n
-        s[:6] += torch.tensor([out["loss"].item(), 1, real.item(), len(batch["dataset"]), padded, data_wait])
+        s[:7] += torch.tensor([out["loss"].item(), 1, real.item(), len(batch["dataset"]), padded, data_wait, flops])
         ds = batch["dataset"].cpu()
-        s[6 : 6 + n].index_add_(0, ds, out["sample_loss"].detach().float().cpu().double())
-        s[6 + n : 6 + 2 * n].index_add_(0, ds, torch.ones(len(ds), dtype=torch.float64))
+        s[7 : 7 + n].index_add_(0, ds, out["sample_loss"].detach().float().cpu().double())
+        s[7 + n : 7 + 2 * n].index_add_(0, ds, torch.ones(len(ds), dtype=torch.float64))
 
-    def record(self, step: int, lr: float, names: list[str], world: int) -> dict:
+    def record(self, step: int, lr: float, names: list[str], world: int, peak: float | None) -> dict:
         sums = self.sums.clone()
         dist.all_reduce(sums)
         elapsed = time.perf_counter() - self.start
-        loss, steps, tokens, samples, padded, wait = sums[:6].tolist()
+        loss, steps, tokens, samples, padded, wait, flops = sums[:7].tolist()
         rec = {
             "step": step,
             "loss": loss / steps,
@@ -64,11 +66,14 @@ class Window:
             "samples_per_s": samples / elapsed,
             "padding_efficiency": tokens / padded,
             "data_wait_s": wait / world,
+            "tflops_per_s": flops / elapsed / 1e12,
         }
+        if peak:
+            rec["mfu"] = flops / elapsed / (peak * world)
         for i, name in enumerate(names):
-            count = sums[6 + self.n + i].item()
+            count = sums[7 + self.n + i].item()
             if count:
-                rec[f"loss/{name}"] = sums[6 + i].item() / count
+                rec[f"loss/{name}"] = sums[7 + i].item() / count
                 rec[f"samples/{name}"] = int(count)
         self.reset()
         return rec
@@ -135,6 +140,7 @@ def train(recipe: Recipe, resume: bool) -> dict:
     engine = build_engine(recipe, model)
     dtype = next(engine.module.parameters()).dtype
     loader = build_train_loader(recipe, rank, world)
+    peak, peak_source = peak_flops(torch.device(engine.device), dtype)
 
     step = 0
     client_state = load_latest(engine, ckpt_dir) if resume else None
@@ -151,7 +157,7 @@ def train(recipe: Recipe, resume: bool) -> dict:
         print(
             f"[unimodal] {recipe.name}: {n_params / 1e6:.2f}M parameters, "
             f"world size {world}, ZeRO stage {engine.zero_optimization_stage()}, "
-            f"{'resuming at step ' + str(step) if step else 'from step 0'}",
+            f"{'resuming at step ' + str(step) if step else 'from step 0'}; MFU against {peak_source}",
             flush=True,
         )
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
@@ -169,11 +175,11 @@ def train(recipe: Recipe, resume: bool) -> dict:
             out = engine(batch)
             engine.backward(out["loss"])
             engine.step()
-            window.add(out, batch, wait)
+            window.add(out, batch, wait, batch_train_flops(cfg, batch))
         step += 1
         logger.advance()
         if step % recipe.logging.every == 0 or step == recipe.train.steps:
-            record = window.record(step, engine.get_lr()[0], names, world) | counts.record()
+            record = window.record(step, engine.get_lr()[0], names, world, peak) | counts.record()
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
