@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from unimodal.model import UnifiedModel
 from unimodal.model.config import ModelConfig
 from unimodal.model.flops import batch_train_flops, forward_flops
-from unimodal.tokenize.sequence import Segment, TokenSequence, collate
+from unimodal.tokenize.sequence import Segment, TokenSequence, collate, collate_rows
 
 PATCH_DIMS = {"image": 48, "audio": 40, "video": 96}
 
@@ -41,3 +41,5 @@ def test_batch_flops_count_real_tokens_only():
     alone = [collate([s], cfg.patch_dims, bos_id=2) for s in (short, long)]
     assert batch_train_flops(cfg, padded) == sum(batch_train_flops(cfg, b) for b in alone)
     assert batch_train_flops(cfg, alone[0]) == 3 * forward_flops(cfg, short.enc_len, short.dec_len, {"image": 4})
+    packed = collate_rows([[short, long]], cfg.patch_dims, bos_id=2)  # one row, two samples
+    assert batch_train_flops(cfg, packed) == batch_train_flops(cfg, padded)

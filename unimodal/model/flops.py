@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from unimodal.model.config import ModelConfig
-from unimodal.tokenize.sequence import IGNORE_INDEX, PATCH_MODALITIES
+from unimodal.tokenize.sequence import PATCH_MODALITIES
 
 
 def forward_flops(cfg: ModelConfig, enc_len: int, dec_len: int, patches: dict[str, int]) -> int:
@@ -40,9 +40,13 @@ def forward_flops(cfg: ModelConfig, enc_len: int, dec_len: int, patches: dict[st
 
 
 def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
-    """Training FLOPs (3x forward) of a collated batch, counting real tokens only."""
-    enc = batch["enc_mask"].sum(1).tolist()
-    dec = (batch["dec_out"] != IGNORE_INDEX).sum(1).tolist()
+    """Training FLOPs (3x forward) of a collated batch, counting real tokens only.
+
+    Per sample, so that samples packed into one row cost what they would alone.
+    """
+    n = batch["dataset"].shape[0]
+    enc = torch.bincount(batch["enc_sample"][batch["enc_sample"] >= 0], minlength=n).tolist()
+    dec = torch.bincount(batch["dec_sample"][batch["dec_sample"] >= 0], minlength=n).tolist()
     stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in PATCH_MODALITIES)
     body = sum(forward_flops(cfg, e, t, {}) for e, t in zip(enc, dec))
     return 3 * (body + stems)

@@ -1,4 +1,4 @@
-"""Pre-norm Transformer encoder and decoder stacks on top of PyTorch SDPA."""
+"""Pre-norm Transformer encoder and decoder stacks on top of PyTorch SDPA, with per-sample attention masks."""
 
 from __future__ import annotations
 
@@ -22,30 +22,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-        causal: bool = False,
-    ) -> torch.Tensor:
-        """key_mask: bool [B, S], True at context tokens that may be attended to.
-
-        Masking keys only (never queries) keeps every softmax row non-empty, since
-        each sample has at least one real token: padded queries get finite
-        garbage instead of NaN, and the loss ignores them.
-        """
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """mask: bool [B, 1, T, S], True where query t may attend to context token s
+        (see `attention_mask`: every row has at least one True, so no NaN)."""
         b, t, d = x.shape
         s, h = context.shape[1], self.n_heads
         q = self.q(x).view(b, t, h, d // h).transpose(1, 2)
         k, v = self.kv(context).view(b, s, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal,
-        )
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
 
@@ -79,16 +63,14 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        enc_mask: torch.Tensor,
+        self_mask: torch.Tensor,
         memory: torch.Tensor | None = None,
+        cross_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.ln_self(x)
+        x = x + self.self_attn(h, h, self_mask)
         if self.decoder:
-            # Decoder padding sits after the target, so the causal mask already hides it.
-            x = x + self.self_attn(h, h, causal=True)
-            x = x + self.cross_attn(self.ln_cross(x), memory, enc_mask)
-        else:
-            x = x + self.self_attn(h, h, enc_mask)
+            x = x + self.cross_attn(self.ln_cross(x), memory, cross_mask)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -104,12 +86,27 @@ class Stack(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        enc_mask: torch.Tensor,
+        self_mask: torch.Tensor,
         memory: torch.Tensor | None = None,
+        cross_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         for block in self.blocks:
             if self.checkpointing and self.training:
-                x = checkpoint(block, x, enc_mask, memory, use_reentrant=False)
+                x = checkpoint(block, x, self_mask, memory, cross_mask, use_reentrant=False)
             else:
-                x = block(x, enc_mask, memory)
+                x = block(x, self_mask, memory, cross_mask)
         return self.ln_f(x)
+
+
+def attention_mask(query_sample: torch.Tensor, key_sample: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """bool [B, 1, T, S]: a token attends to the tokens of its own sample (earlier ones if causal).
+
+    `*_sample` hold each token's sample number, -1 at padding. Samples packed
+    into one row thus never see each other. A padding query may attend to
+    everything: its softmax row is never empty (no NaN), and the loss ignores it.
+    """
+    mask = query_sample[:, :, None] == key_sample[:, None, :]
+    if causal:
+        t = query_sample.shape[1]
+        mask &= torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()
+    return (mask | (query_sample < 0)[:, :, None])[:, None]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimodal.model.config import ModelConfig
-from unimodal.model.transformer import Stack
+from unimodal.model.transformer import Stack, attention_mask
 from unimodal.tokenize.sequence import IGNORE_INDEX, MODALITIES, PATCH_MODALITIES
 
 
@@ -47,7 +47,7 @@ class UnifiedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder output [B, L, d] and its key mask [B, L] (True at real tokens)."""
+        """Encoder output [B, L, d] and each token's sample number [B, L] (-1 at padding)."""
         modality = batch["modality"]
         x = self.tok_emb(batch["enc_ids"])
         for m in PATCH_MODALITIES:
@@ -58,35 +58,46 @@ class UnifiedModel(nn.Module):
             at = (modality == MODALITIES.index(m)).unsqueeze(-1)
             x = x.masked_scatter(at, rows)  # fills rows in row-major [B, L] order
         x = x + self.mod_emb(modality) + self.enc_pos(batch["positions"])
-        enc_mask = batch["enc_mask"]
-        return self.encoder(self.drop(x), enc_mask), enc_mask
+        enc_sample = batch["enc_sample"]
+        return self.encoder(self.drop(x), attention_mask(enc_sample, enc_sample)), enc_sample
 
     def decode(
-        self, dec_in: torch.Tensor, memory: torch.Tensor, enc_mask: torch.Tensor
+        self,
+        dec_in: torch.Tensor,
+        memory: torch.Tensor,
+        enc_sample: torch.Tensor,
+        dec_sample: torch.Tensor | None = None,
+        dec_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-token logits [B, T, vocab] for every prefix of dec_in."""
-        pos = torch.arange(dec_in.shape[1], device=dec_in.device)
-        x = self.drop(self.tok_emb(dec_in) + self.dec_pos(pos))
-        return self.lm_head(self.decoder(x, enc_mask, memory))
+        """Next-token logits [B, T, vocab] for every prefix of each sample's dec_in.
+
+        Without `dec_sample`, each row is one sample: the one its encoder row holds.
+        """
+        if dec_sample is None:
+            dec_sample = enc_sample[:, :1].expand(-1, dec_in.shape[1])
+            dec_positions = torch.arange(dec_in.shape[1], device=dec_in.device)
+        x = self.drop(self.tok_emb(dec_in) + self.dec_pos(dec_positions))
+        self_mask = attention_mask(dec_sample, dec_sample, causal=True)
+        return self.lm_head(self.decoder(x, self_mask, memory, attention_mask(dec_sample, enc_sample)))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """loss: mean CE over every target token in the batch (what we train on);
-        sample_loss: detached mean CE per sample [B], for per-task logging;
+        sample_loss: detached mean CE per sample [N], for per-task logging;
         n_tokens: number of target tokens (0-dim long tensor)."""
-        memory, enc_mask = self.encode(batch)
-        logits = self.decode(batch["dec_in"], memory, enc_mask)
+        memory, enc_sample = self.encode(batch)
+        logits = self.decode(batch["dec_in"], memory, enc_sample, batch["dec_sample"], batch["dec_positions"])
         target = batch["dec_out"]
         ce = F.cross_entropy(
             logits.float().flatten(0, 1), target.flatten(),
             ignore_index=IGNORE_INDEX, reduction="none",
-        ).view_as(target)
-        valid = target != IGNORE_INDEX
+        )
+        valid = target.flatten() != IGNORE_INDEX
         n_tokens = valid.sum()
-        return {
-            "loss": ce.sum() / n_tokens,
-            "sample_loss": (ce.sum(1) / valid.sum(1)).detach(),
-            "n_tokens": n_tokens,
-        }
+        sample = batch["dec_sample"].flatten()[valid]
+        n = batch["dataset"].shape[0]
+        per_sample = torch.zeros(n, device=ce.device).index_add_(0, sample, ce.detach()[valid])
+        counts = torch.zeros(n, device=ce.device).index_add_(0, sample, torch.ones_like(ce[valid]))
+        return {"loss": ce.sum() / n_tokens, "sample_loss": per_sample / counts, "n_tokens": n_tokens}
 
     @torch.no_grad()
     def generate(
@@ -98,12 +109,12 @@ class UnifiedModel(nn.Module):
         Re-runs the decoder over the whole prefix each step; targets are short.
         Call model.eval() first if dropout is on.
         """
-        memory, enc_mask = self.encode(batch)
+        memory, enc_sample = self.encode(batch)
         b = memory.shape[0]
         ids = torch.full((b, 1), bos_id, dtype=torch.long, device=memory.device)
         done = torch.zeros(b, dtype=torch.bool, device=memory.device)
         for _ in range(max_new_tokens):
-            nxt = self.decode(ids, memory, enc_mask)[:, -1].argmax(-1)
+            nxt = self.decode(ids, memory, enc_sample)[:, -1].argmax(-1)
             nxt = nxt.masked_fill(done, 0)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             done |= nxt == eos_id

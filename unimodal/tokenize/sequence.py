@@ -4,18 +4,23 @@ Every modality becomes a run of tokens in one sequence: text as SentencePiece
 ids, image/audio/video as flat patch vectors that the model's modality stems
 project to d_model. The body only sees vectors, a modality id and a position.
 
-Batch layout (all tensors, built in DataLoader workers by `collate`):
+Batch layout (all tensors, built in DataLoader workers by `collate_rows`).
+A row holds one sample (padded batches) or several back to back (packed
+batches); N samples in all, numbered row-major:
 
     enc_ids    long  [B, L]  text ids at text positions, 0 elsewhere
     modality   long  [B, L]  index into MODALITIES; 0 ("pad") at padding
     positions  long  [B, L]  position of the token within its sample
     enc_mask   bool  [B, L]  True at real tokens
+    enc_sample long  [B, L]  the token's sample number, -1 at padding
     patches_<m> float [N_m, D_m]  for m in PATCH_MODALITIES: the patch vectors
                of every position where modality == m, in row-major [B, L]
                order (so `x[modality == m] = stem_m(patches_m)` places them)
-    dec_in     long  [B, T]  BOS + target[:-1], pad id 0 after the end
-    dec_out    long  [B, T]  target + EOS, IGNORE_INDEX after the end
-    dataset    long  [B]     index of the sample's dataset in the recipe
+    dec_in     long  [B, T]  per sample BOS + target[:-1]; pad id 0 after the row's end
+    dec_out    long  [B, T]  per sample target + EOS; IGNORE_INDEX after the row's end
+    dec_positions long [B, T] position within the sample's target
+    dec_sample long  [B, T]  the token's sample number, -1 at padding
+    dataset    long  [N]     index of each sample's dataset in the recipe
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ class TokenSequence:
         return self.target.shape[0]
 
 
+def _restarting_arange(lengths: torch.Tensor) -> torch.Tensor:
+    """0..n-1 for each n in `lengths`, concatenated: positions that restart at every sample."""
+    starts = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    return torch.arange(int(lengths.sum())) - starts
+
+
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised batch tensor; in a DataLoader worker, in shared memory.
 
@@ -82,15 +93,27 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def collate(
     seqs: list[TokenSequence], patch_dims: dict[str, int], bos_id: int
 ) -> dict[str, torch.Tensor]:
-    """Pad a list of sequences into the batch layout above.
+    """Pad a list of sequences into the batch layout above, one sample a row."""
+    return collate_rows([[s] for s in seqs], patch_dims, bos_id)
 
+
+def collate_rows(
+    rows: list[list[TokenSequence]], patch_dims: dict[str, int], bos_id: int, min_enc_len: int = 0
+) -> dict[str, torch.Tensor]:
+    """Lay rows of samples out as one batch: each row holds its samples back to back.
+
+    A row of one sample is a padded batch; a row of several is a packed one,
+    and `enc_sample`/`dec_sample` keep its samples apart in attention.
     Per sample only lists are built; the tensors are filled once per batch
     (row-major boolean-mask assignment places runs exactly as per-row slices would).
     """
-    b = len(seqs)
+    seqs = [s for row in rows for s in row]
+    b = len(rows)
+    enc_row = torch.tensor([sum(s.enc_len for s in row) for row in rows], dtype=torch.long)
+    dec_row = torch.tensor([sum(s.dec_len for s in row) for row in rows], dtype=torch.long)
     enc_lens = torch.tensor([s.enc_len for s in seqs], dtype=torch.long)
     dec_lens = torch.tensor([s.dec_len for s in seqs], dtype=torch.long)
-    enc_len, dec_len = int(enc_lens.max()), int(dec_lens.max())
+    enc_len, dec_len = max(int(enc_row.max()), min_enc_len), int(dec_row.max())
     codes: list[int] = []
     runs: list[int] = []
     text: list[torch.Tensor] = []
@@ -101,31 +124,41 @@ def collate(
             runs.append(seg.data.shape[0])
             (text if seg.modality == "text" else patches[seg.modality]).append(seg.data)
 
-    enc_mask = torch.lt(torch.arange(enc_len), enc_lens[:, None], out=_batch_tensor((b, enc_len), torch.bool))
+    ids = torch.arange(len(seqs))
+    enc_mask = torch.lt(torch.arange(enc_len), enc_row[:, None], out=_batch_tensor((b, enc_len), torch.bool))
     modality = _batch_tensor((b, enc_len), torch.long).zero_()
     modality[enc_mask] = torch.repeat_interleave(torch.tensor(codes, dtype=torch.long), torch.tensor(runs, dtype=torch.long))
     enc_ids = _batch_tensor((b, enc_len), torch.long).zero_()
     if text:
         enc_ids[modality == _CODE["text"]] = torch.cat(text).to(torch.long)
-    positions = _batch_tensor((b, enc_len), torch.long)
-    positions.copy_(torch.arange(enc_len).expand(b, enc_len))
+    positions = _batch_tensor((b, enc_len), torch.long).zero_()
+    positions[enc_mask] = _restarting_arange(enc_lens)
+    enc_sample = _batch_tensor((b, enc_len), torch.long).fill_(-1)
+    enc_sample[enc_mask] = torch.repeat_interleave(ids, enc_lens)
 
-    dec_mask = torch.arange(dec_len) < dec_lens[:, None]
+    dec_mask = torch.arange(dec_len) < dec_row[:, None]
+    targets = [s.target.to(torch.long) for s in seqs]
     dec_out = _batch_tensor((b, dec_len), torch.long).fill_(IGNORE_INDEX)
-    dec_out[dec_mask] = torch.cat([s.target for s in seqs]).to(torch.long)
-    dec_in = _batch_tensor((b, dec_len), torch.long)
-    if dec_len:
-        dec_in[:, 0] = bos_id
-        dec_in[:, 1:] = torch.where(dec_mask[:, 1:], dec_out[:, :-1], 0)
-    dataset = _batch_tensor((b,), torch.long)
+    dec_out[dec_mask] = torch.cat(targets)
+    bos = torch.tensor([bos_id], dtype=torch.long)
+    dec_in = _batch_tensor((b, dec_len), torch.long).zero_()
+    dec_in[dec_mask] = torch.cat([t for target in targets for t in (bos, target[:-1])])
+    dec_positions = _batch_tensor((b, dec_len), torch.long).zero_()
+    dec_positions[dec_mask] = _restarting_arange(dec_lens)
+    dec_sample = _batch_tensor((b, dec_len), torch.long).fill_(-1)
+    dec_sample[dec_mask] = torch.repeat_interleave(ids, dec_lens)
+    dataset = _batch_tensor((len(seqs),), torch.long)
     dataset.copy_(torch.tensor([s.dataset for s in seqs], dtype=torch.long))
     batch = {
         "enc_ids": enc_ids,
         "modality": modality,
         "positions": positions,
         "enc_mask": enc_mask,
+        "enc_sample": enc_sample,
         "dec_in": dec_in,
         "dec_out": dec_out,
+        "dec_positions": dec_positions,
+        "dec_sample": dec_sample,
         "dataset": dataset,
     }
     for m in PATCH_MODALITIES:
