@@ -4,8 +4,8 @@ The batch is a realistic mix at UnIVAL-like input sizes: images 224x224 in
 16x16 patches (196 tokens), 10 s of audio as 128-bin log-mel in 16x16 patches
 (496 tokens), 16-frame 224x224 clips in 2x16x16 tubelets (1,568 tokens), and
 text of 32-128 tokens; prompts of a few tokens; targets of 8-32 tokens. Samples
-are drawn until the token budget is full and batched by the same code the
-loader uses. MFU = model FLOPs of the real tokens (unimodal/model/flops.py)
+are drawn until the token budget is full and packed into rows by the same
+code the loader uses. MFU = model FLOPs of the real tokens (unimodal/model/flops.py)
 per second over the device's dense bf16 peak (unimodal/train/mfu.py).
 
     python bench/mfu.py                                  # on a GPU
@@ -29,10 +29,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unimodal.data.loader import padded_tokens  # noqa: E402
+from unimodal.data.packing import RowPacker  # noqa: E402
 from unimodal.model import ModelConfig, UnifiedModel, count_parameters  # noqa: E402
 from unimodal.model.flops import batch_train_flops  # noqa: E402
-from unimodal.tokenize.sequence import Segment, TokenSequence, collate  # noqa: E402
+from unimodal.tokenize.sequence import Segment, TokenSequence, collate_rows  # noqa: E402
 from unimodal.train.mfu import peak_flops  # noqa: E402
 
 PATCH_DIMS = {"image": 3 * 16 * 16, "audio": 16 * 16, "video": 2 * 3 * 16 * 16}
@@ -51,13 +51,13 @@ def random_sample(rng: np.random.Generator, modality: str) -> TokenSequence:
     return TokenSequence([prompt, inputs], target, list(MIX).index(modality))
 
 
-def mixed_batch(rng: np.random.Generator, budget: int) -> dict[str, torch.Tensor]:
-    seqs: list[TokenSequence] = []
+def mixed_batch(rng: np.random.Generator, budget: int, pack_length: int | None) -> dict[str, torch.Tensor]:
+    packer = RowPacker(pack_length)
     while True:
         seq = random_sample(rng, str(rng.choice(list(MIX), p=list(MIX.values()))))
-        if seqs and padded_tokens(seqs + [seq]) > budget:
-            return collate(seqs, PATCH_DIMS, bos_id=2)
-        seqs.append(seq)
+        if packer.rows and packer.tokens_with(seq) > budget:
+            return collate_rows(packer.rows, PATCH_DIMS, 2, packer.enc_length)
+        packer.add(seq)
 
 
 def main() -> None:
@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--batch-tokens", type=int, default=32768)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--pack-length", type=int, default=2048, help="encoder tokens per packed row (0: padded batches)")
     p.add_argument("--activation-checkpointing", action="store_true")
     args = p.parse_args()
 
@@ -97,7 +98,7 @@ def main() -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
     device = torch.device(engine.device)
     rng = np.random.default_rng(0)
-    batches = [mixed_batch(rng, args.batch_tokens) for _ in range(args.steps)]
+    batches = [mixed_batch(rng, args.batch_tokens, args.pack_length or None) for _ in range(args.steps)]
     peak, source = peak_flops(device, torch.bfloat16)
 
     def sync() -> None:
@@ -109,7 +110,7 @@ def main() -> None:
         if i == args.warmup:
             sync()
             start = time.perf_counter()
-        batch = {k: v.to(device, dtype=torch.bfloat16 if v.is_floating_point() else None) for k, v in batch.items() if k != "dataset"}
+        batch = {k: v.to(device, dtype=torch.bfloat16 if v.is_floating_point() else None) for k, v in batch.items()}
         out = engine(batch)
         engine.backward(out["loss"])
         engine.step()
@@ -120,7 +121,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     mfu = flops / seconds / peak if peak else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{args.preset}: {params / 1e6:.1f}M parameters, bf16, batch ~{args.batch_tokens} padded tokens, {name}")
+    print(f"{args.preset}: {params / 1e6:.1f}M parameters, bf16, batches of <= {args.batch_tokens} tokens, {name}")
     print(f"  {tokens / seconds:,.0f} real tokens/s, {flops / seconds / 1e12:.2f} TFLOP/s, MFU {mfu:.3f} ({source})")
     print(json.dumps({"bench": "mfu", "device": name, "preset": args.preset, "mfu": mfu, "tokens_per_s": tokens / seconds,
                       "tflops_per_s": flops / seconds / 1e12, "peak_source": source}))

@@ -45,7 +45,7 @@ def write_shards(directory: Path, prefix: str, corrupt: set[str] = frozenset()) 
 
 def image_recipe(tmp_path: Path, datasets: list[dict], **data) -> object:
     raw = yaml.safe_load((SMOKE / "stage1.yaml").read_text())
-    raw["data"].update({"batch_tokens": 300, "shuffle_buffer": 4, **data})
+    raw["data"].update({"batch_tokens": 300, "pack_length": 128, "shuffle_buffer": 4, **data})
     raw["data"]["datasets"] = [
         {"name": "images", "task": "caption", "inputs": {"image": "png"}, "target": "txt", **ds} for ds in datasets
     ]
@@ -80,15 +80,15 @@ def test_stop_and_resume_mid_epoch_neither_repeats_nor_skips(in_workspace, tmp_p
     keys = write_shards(tmp_path / "shards", "img")
     path = image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=2)
     recipe = load_recipe(path)
-    uninterrupted = [b["meta"] for b, _ in zip(build_train_loader(recipe, 0), range(14))]
+    uninterrupted = [b["meta"] for b, _ in zip(build_train_loader(recipe, 0), range(24))]
 
     first = build_train_loader(recipe, 0)
     it = iter(first)
-    before = [next(it)["meta"] for _ in range(5)]  # mid-epoch: an epoch is ~8 batches here
+    before = [next(it)["meta"] for _ in range(5)]  # mid-epoch: an epoch is ~10 batches here
     state = first.state_dict()
     second = build_train_loader(recipe, 0)
     second.load_state_dict(state)
-    after = [b["meta"] for b, _ in zip(second, range(9))]
+    after = [b["meta"] for b, _ in zip(second, range(19))]
 
     assert before + after == uninterrupted
     epoch0 = Counter(k.split("/", 1)[1] for m in before + after for k, e in zip(m["keys"], m["epochs"]) if e == 0)

@@ -69,12 +69,20 @@ class DatasetConfig(Strict):
 
 
 class DataConfig(Strict):
-    batch_tokens: int = Field(4096, gt=0)  # padded tokens (encoder + decoder) per micro-batch
+    batch_tokens: int = Field(4096, gt=0)  # tokens computed (encoder + decoder, padding too) per micro-batch
+    # encoder tokens per row when packing samples back to back; absent: one sample a row (padded)
+    pack_length: int | None = Field(None, gt=0)
     workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(500, ge=0)
     # stop the run once a dataset's skipped (broken) samples exceed this fraction of those read
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     datasets: list[DatasetConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rows_fit(self) -> DataConfig:
+        if self.pack_length is not None and self.pack_length >= self.batch_tokens:
+            raise ValueError(f"pack_length {self.pack_length} must be below batch_tokens {self.batch_tokens}: a row must fit a batch")
+        return self
 
     @field_validator("datasets")
     @classmethod

@@ -27,20 +27,17 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from unimodal.config import DatasetConfig, Recipe, expand_shards
 from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.mixing import TaskSampler
+from unimodal.data.packing import RowPacker
 from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.tokenize.sequence import TokenSequence, collate
+from unimodal.tokenize.sequence import TokenSequence, collate_rows
 from unimodal.tokenize.text import BOS_ID
 
 log = logging.getLogger(__name__)
 
 
-def padded_tokens(seqs: list[TokenSequence]) -> int:
-    """Tokens a padded batch of `seqs` computes: encoder plus decoder."""
-    return len(seqs) * (max(s.enc_len for s in seqs) + max(s.dec_len for s in seqs))
-
-
 MIN_READ = 100  # samples a worker reads from a dataset before its skipped fraction is judged
+DEFER = 4  # samples set aside (did not fit) before a batch is closed: smaller ones drawn meanwhile fill the gaps
 
 
 class TooManyBadSamples(RuntimeError):
@@ -89,7 +86,7 @@ class MixedBatches(IterableDataset):
                 on_broken=lambda err, d=d: self._skip(d, "broken shard", str(err)),
             )
             self.streams.append(stream)
-        draws, pending = 0, None
+        draws, pending = 0, []
         self.read = [0] * len(self.datasets)
         self.skipped = [Counter() for _ in self.datasets]
         if self._restore:
@@ -100,11 +97,11 @@ class MixedBatches(IterableDataset):
                 stream.load_state_dict(state)
         weights = [ds.weight for ds in self.datasets]
         self.sampler = TaskSampler(weights, stream_seed(seed, self.rank, worker, 1 << 20), draws)
-        # the sample drawn last that did not fit the previous batch: (dataset, raw, tokens if made)
-        self._pending: tuple[int, dict[str, Any], TokenSequence | None] | None = None
-        if pending is not None:
-            d, coord = pending[0], tuple(int(x) for x in pending[1])
-            self._pending = (d, self.streams[d].fetch([coord])[coord], None)
+        # samples drawn that did not fit an earlier batch, first in line: (dataset, raw, tokens if made)
+        self._pending: list[tuple[int, dict[str, Any], TokenSequence | None]] = []
+        for d, coord in pending:
+            coord = tuple(int(x) for x in coord)
+            self._pending.append((d, self.streams[d].fetch([coord])[coord], None))
         self.position = self._snapshot()
 
     def _snapshot(self) -> dict[str, Any]:
@@ -113,7 +110,7 @@ class MixedBatches(IterableDataset):
             "streams": [s.state_dict() for s in self.streams],
             "read": list(self.read),
             "skipped": [dict(c) for c in self.skipped],
-            "pending": None if self._pending is None else [self._pending[0], list(self._pending[1]["__coord__"])],
+            "pending": [[d, list(raw["__coord__"])] for d, raw, _ in self._pending],
         }
 
     def _skip(self, d: int, reason: str, where: str) -> None:
@@ -135,8 +132,8 @@ class MixedBatches(IterableDataset):
     def _next_sample(self) -> tuple[int, dict[str, Any], TokenSequence]:
         """The next usable sample: its dataset, raw bytes and tokens; broken ones are skipped."""
         while True:
-            if self._pending is not None:
-                (d, raw, seq), self._pending = self._pending, None
+            if self._pending:
+                d, raw, seq = self._pending.pop(0)
                 if seq is not None:
                     return d, raw, seq
             else:
@@ -153,15 +150,21 @@ class MixedBatches(IterableDataset):
             self._start()
         start = self.position
         budget = self.recipe.data.batch_tokens
+        packer = RowPacker(self.recipe.data.pack_length)
         items: list[tuple[int, dict[str, Any], TokenSequence]] = []
+        deferred = []  # a later batch opens with these; they are part of the position
         while True:
             item = self._next_sample()
-            if items and padded_tokens([seq for _, _, seq in items] + [item[2]]) > budget:
-                self._pending = item  # opens the next batch, and is part of the position
-                break
-            items.append(item)
+            if items and packer.tokens_with(item[2]) > budget:
+                deferred.append(item)
+                if len(self._pending) + len(deferred) >= DEFER:
+                    break
+            else:
+                packer.add(item[2])
+                items.append(item)
+        self._pending += deferred
         self.position = self._snapshot()
-        batch = collate([seq for _, _, seq in items], self.tokenizer.patch_dims, BOS_ID)
+        batch = collate_rows(packer.rows, self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
         batch["meta"] = {
             "keys": [f"{self.datasets[d].name}/{raw['__key__']}" for d, raw, _ in items],
             "epochs": [raw["__epoch__"] for _, raw, _ in items],
