@@ -5,8 +5,9 @@ engine, the task sampler and loader (one worker), the metrics window with its
 all-reduce, wandb (offline) and metrics.jsonl. Its tokens/s come from its own
 metrics.jsonl, windows after the warm-up only.
 bare: the same model config and seed, a plain torch AdamW with the same
-groups, forward/backward/step over the very batches the loader produced (built
-beforehand, so the bare loop does no data work at all), no DeepSpeed, no logging.
+groups and the recipe's gradient clipping, forward/backward/step over the very
+batches the loader produced (built beforehand, so the bare loop does no data
+work at all), no DeepSpeed, no logging.
 
     python bench/step_overhead.py [--preset small] [--steps 60] [--warmup 10]
 
@@ -20,23 +21,18 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from workspace import REPO, demo_workspace
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from unimodal.config import load_recipe  # noqa: E402
-from unimodal.data.demo import write_demo  # noqa: E402
-from unimodal.data.loader import build_train_loader  # noqa: E402
-from unimodal.model import UnifiedModel  # noqa: E402
-from unimodal.tokenize.multimodal import MultimodalTokenizer  # noqa: E402
-from unimodal.tokenize.sequence import IGNORE_INDEX  # noqa: E402
-from unimodal.tokenize.text import shard_texts, train_text_tokenizer  # noqa: E402
-from unimodal.train.engine import model_config  # noqa: E402
+from unimodal.config import load_recipe
+from unimodal.data.loader import build_train_loader
+from unimodal.model import UnifiedModel
+from unimodal.tokenize.multimodal import MultimodalTokenizer
+from unimodal.tokenize.sequence import IGNORE_INDEX
+from unimodal.train.engine import model_config
 
 
 def real_tokens(batch: dict) -> int:
@@ -53,10 +49,13 @@ def bare_tokens_per_s(recipe, batches: list[dict], warmup: int) -> float:
         [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.train.lr, betas=(0.9, 0.98),
     )
+    clip = recipe.deepspeed.get("gradient_clipping")
     for i, batch in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
         model(batch)["loss"].backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
     return sum(real_tokens(b) for b in batches[warmup:]) / (time.perf_counter() - start)
@@ -92,11 +91,7 @@ def main() -> None:
     if args.warmup % every or args.steps % every:
         sys.exit("--warmup and --steps must be multiples of 10 (the logging window)")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ws = Path(tmp)
-        write_demo(ws / "data" / "demo", scale=0.1)
-        shards = [str(s) for s in sorted((ws / "data" / "demo" / "train").glob("*.tar"))]
-        train_text_tokenizer(shard_texts(shards), ws / "runs" / "demo" / "tokenizer", vocab_size=1024)
+    with demo_workspace() as ws:
         recipe_path = REPO / "recipes" / "smoke" / "stage2.yaml"
         sets = [
             "init_from=null", f"model.preset={args.preset}", f"train.steps={args.steps}",
@@ -104,17 +99,12 @@ def main() -> None:
             f"train.output_dir={ws / 'run'}", "data.workers=1", f"data.batch_tokens={args.batch_tokens}",
             f"deepspeed.zero_optimization.stage={args.zero}",
         ]
-        cwd = os.getcwd()
-        os.chdir(ws)  # the recipe's paths are relative to the workspace
-        try:
-            recipe = load_recipe(recipe_path, sets)
-            batches = [b for b, _ in zip(build_train_loader(recipe, 0, 1), range(args.steps))]
-            for b in batches:
-                b.pop("meta")
-            ours = unimodal_tokens_per_s(recipe_path, sets, batches, ws, every, args.warmup)
-            bare = bare_tokens_per_s(recipe, batches, args.warmup)
-        finally:
-            os.chdir(cwd)
+        recipe = load_recipe(recipe_path, sets)
+        batches = [b for b, _ in zip(build_train_loader(recipe, 0, 1), range(args.steps))]
+        for b in batches:
+            b.pop("meta")
+        ours = unimodal_tokens_per_s(recipe_path, sets, batches, ws, every, args.warmup)
+        bare = bare_tokens_per_s(recipe, batches, args.warmup)
 
     ratio = ours / bare
     print(f"{args.preset}, 1 rank, {torch.get_num_threads()} threads, steps {args.warmup + 1}-{args.steps} timed")

@@ -68,4 +68,7 @@ def build_engine(recipe: Recipe, model: UnifiedModel):
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(recipe)
     )
+    if engine.world_size == 1 and engine.zero_optimization_stage() == 0:
+        # alone, there is nothing to average: skip flattening every gradient into buckets and back
+        engine.enable_backward_allreduce = False
     return engine
