@@ -16,6 +16,17 @@ from unimodal.model.transformer import Stack, attention_mask
 from unimodal.tokenize.sequence import IGNORE_INDEX, MODALITIES, PATCH_MODALITIES
 
 
+def stem_input(patches: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Patches in the model's dtype; uint8 pixels (image, video) scaled to [-1, 1].
+
+    The loader ships pixels as uint8, a quarter of the bytes of floats through
+    worker handover and host-to-device copies; the scaling happens on device.
+    """
+    if patches.dtype == torch.uint8:
+        return patches.to(dtype).div_(127.5).sub_(1.0)
+    return patches.to(dtype)
+
+
 class UnifiedModel(nn.Module):
     """Encoder over mixed-modality tokens, text decoder with a tied LM head."""
 
@@ -54,7 +65,7 @@ class UnifiedModel(nn.Module):
             # x has the weights' dtype (fp32, or bf16 under DeepSpeed); autocast may
             # return bf16 rows. The stem runs even on zero rows so every parameter
             # is in the graph (DDP/ZeRO expect a gradient for each, even if zero).
-            rows = self.stems[m](batch[f"patches_{m}"].to(x.dtype)).to(x.dtype)
+            rows = self.stems[m](stem_input(batch[f"patches_{m}"], x.dtype)).to(x.dtype)
             at = (modality == MODALITIES.index(m)).unsqueeze(-1)
             x = x.masked_scatter(at, rows)  # fills rows in row-major [B, L] order
         x = x + self.mod_emb(modality) + self.enc_pos(batch["positions"])

@@ -43,6 +43,7 @@ class MultimodalTokenizer:
         for modality, value in ex.inputs.items():
             data = self._ids(value) if modality == "text" else self.patchers[modality](value)
             segments.append(Segment(modality, data))
-        target = self._ids(ex.target, self.cfg.max_text_tokens - 1)
-        target = torch.cat([target, torch.tensor([EOS_ID])])
+        # at most max_text_tokens - 1 ids, then EOS (as `_ids` counts: a limit of 0 means no limit)
+        ids = self.text.encode(ex.target)[: (self.cfg.max_text_tokens - 1) or self.cfg.max_text_tokens]
+        target = torch.tensor(ids + [EOS_ID], dtype=torch.long)
         return TokenSequence(segments=segments, target=target, dataset=ex.dataset)

@@ -13,7 +13,7 @@ batches); N samples in all, numbered row-major:
     positions  long  [B, L]  position of the token within its sample
     enc_mask   bool  [B, L]  True at real tokens
     enc_sample long  [B, L]  the token's sample number, -1 at padding
-    patches_<m> float [N_m, D_m]  for m in PATCH_MODALITIES: the patch vectors
+    patches_<m> [N_m, D_m]  for m in PATCH_MODALITIES: the patch vectors (uint8 pixels, float log-mel)
                of every position where modality == m, in row-major [B, L]
                order (so `x[modality == m] = stem_m(patches_m)` places them)
     dec_in     long  [B, T]  per sample BOS + target[:-1]; pad id 0 after the row's end
@@ -25,15 +25,14 @@ batches); N samples in all, numbered row-major:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-from torch.utils.data import get_worker_info
 
 MODALITIES = ("pad", "text", "image", "audio", "video")
 PATCH_MODALITIES = ("image", "audio", "video")
+PATCH_DTYPES = {"image": torch.uint8, "audio": torch.float32, "video": torch.uint8}
 IGNORE_INDEX = -100
 _CODE = {m: i for i, m in enumerate(MODALITIES)}
 
@@ -76,20 +75,6 @@ def _restarting_arange(lengths: torch.Tensor) -> torch.Tensor:
     return torch.arange(int(lengths.sum())) - starts
 
 
-def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised batch tensor; in a DataLoader worker, in shared memory.
-
-    A worker hands tensors over through shared memory: one built in ordinary
-    memory is copied there when the batch is sent (for image batches that is
-    the largest copy of the whole pipeline), one built there is sent as is.
-    torch's own default_collate does the same.
-    """
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
-
-
 def collate(
     seqs: list[TokenSequence], patch_dims: dict[str, int], bos_id: int
 ) -> dict[str, torch.Tensor]:
@@ -106,6 +91,13 @@ def collate_rows(
     and `enc_sample`/`dec_sample` keep its samples apart in attention.
     Per sample only lists are built; the tensors are filled once per batch
     (row-major boolean-mask assignment places runs exactly as per-row slices would).
+
+    The tensors are built in ordinary memory on purpose. A DataLoader worker
+    hands them over through shared memory, and the copy there happens in the
+    worker queue's feeder thread without the GIL, overlapped with the next
+    batch; building them in shared memory directly (as default_collate does)
+    saves that copy but moves the page faults of fresh shared pages onto the
+    worker's critical path, which measured slower with bench/loader.py.
     """
     seqs = [s for row in rows for s in row]
     b = len(rows)
@@ -125,30 +117,29 @@ def collate_rows(
             (text if seg.modality == "text" else patches[seg.modality]).append(seg.data)
 
     ids = torch.arange(len(seqs))
-    enc_mask = torch.lt(torch.arange(enc_len), enc_row[:, None], out=_batch_tensor((b, enc_len), torch.bool))
-    modality = _batch_tensor((b, enc_len), torch.long).zero_()
+    enc_mask = torch.arange(enc_len) < enc_row[:, None]
+    modality = torch.zeros(b, enc_len, dtype=torch.long)
     modality[enc_mask] = torch.repeat_interleave(torch.tensor(codes, dtype=torch.long), torch.tensor(runs, dtype=torch.long))
-    enc_ids = _batch_tensor((b, enc_len), torch.long).zero_()
+    enc_ids = torch.zeros(b, enc_len, dtype=torch.long)
     if text:
         enc_ids[modality == _CODE["text"]] = torch.cat(text).to(torch.long)
-    positions = _batch_tensor((b, enc_len), torch.long).zero_()
+    positions = torch.zeros(b, enc_len, dtype=torch.long)
     positions[enc_mask] = _restarting_arange(enc_lens)
-    enc_sample = _batch_tensor((b, enc_len), torch.long).fill_(-1)
+    enc_sample = torch.full((b, enc_len), -1, dtype=torch.long)
     enc_sample[enc_mask] = torch.repeat_interleave(ids, enc_lens)
 
     dec_mask = torch.arange(dec_len) < dec_row[:, None]
     targets = [s.target.to(torch.long) for s in seqs]
-    dec_out = _batch_tensor((b, dec_len), torch.long).fill_(IGNORE_INDEX)
+    dec_out = torch.full((b, dec_len), IGNORE_INDEX, dtype=torch.long)
     dec_out[dec_mask] = torch.cat(targets)
     bos = torch.tensor([bos_id], dtype=torch.long)
-    dec_in = _batch_tensor((b, dec_len), torch.long).zero_()
+    dec_in = torch.zeros(b, dec_len, dtype=torch.long)
     dec_in[dec_mask] = torch.cat([t for target in targets for t in (bos, target[:-1])])
-    dec_positions = _batch_tensor((b, dec_len), torch.long).zero_()
+    dec_positions = torch.zeros(b, dec_len, dtype=torch.long)
     dec_positions[dec_mask] = _restarting_arange(dec_lens)
-    dec_sample = _batch_tensor((b, dec_len), torch.long).fill_(-1)
+    dec_sample = torch.full((b, dec_len), -1, dtype=torch.long)
     dec_sample[dec_mask] = torch.repeat_interleave(ids, dec_lens)
-    dataset = _batch_tensor((len(seqs),), torch.long)
-    dataset.copy_(torch.tensor([s.dataset for s in seqs], dtype=torch.long))
+    dataset = torch.tensor([s.dataset for s in seqs], dtype=torch.long)
     batch = {
         "enc_ids": enc_ids,
         "modality": modality,
@@ -164,8 +155,7 @@ def collate_rows(
     for m in PATCH_MODALITIES:
         rows = patches[m]
         if rows:
-            out = _batch_tensor((sum(r.shape[0] for r in rows), rows[0].shape[1]), torch.float32)
-            batch[f"patches_{m}"] = torch.cat(rows, out=out)
+            batch[f"patches_{m}"] = torch.cat(rows)  # uint8 pixels, float log-mel: as the patchers made them
         else:
-            batch[f"patches_{m}"] = torch.zeros(0, patch_dims[m])
+            batch[f"patches_{m}"] = torch.zeros(0, patch_dims[m], dtype=PATCH_DTYPES[m])
     return batch
