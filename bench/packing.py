@@ -5,7 +5,7 @@ included), summed over the same number of loader batches from the smoke
 stage-2 recipe (image, text, audio and video tasks mixed), once with
 `data.pack_length` and once with one sample a row.
 
-    python bench/packing.py [--batches 100] [--pack-length 256] [--batch-tokens 2048]
+    python bench/packing.py [--batches 100] [--pack-length 512] [--batch-tokens 2048]
 
 Last line: JSON with `padding_efficiency` and `naive_padding_efficiency`.
 """
@@ -35,7 +35,7 @@ def efficiency(recipe, batches: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batches", type=int, default=100)
-    p.add_argument("--pack-length", type=int, default=256)
+    p.add_argument("--pack-length", type=int, default=512)
     p.add_argument("--batch-tokens", type=int, default=2048)
     args = p.parse_args()
     with demo_workspace():

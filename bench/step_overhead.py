@@ -1,8 +1,12 @@
 """The framework tax: unimodal's training step against a bare PyTorch loop, same model, same batches.
 
 unimodal: `unimodal train` on 1 rank, exactly as a user runs it: DeepSpeed's
-engine, the task sampler and loader (one worker), the metrics window with its
-all-reduce, wandb (offline) and metrics.jsonl. Its tokens/s come from its own
+engine, the task sampler and loader, the metrics window with its all-reduce,
+wandb (offline) and metrics.jsonl. The loader runs inline (`data.workers=0`)
+by default, so its whole cost is inside the timed step: on a 2-core machine a
+worker process would instead take one of the two cores the model's threads
+run on, which measures CPU contention, not framework overhead (`--workers 1`
+shows it; on a GPU node workers run on spare host cores). Its tokens/s come from its own
 metrics.jsonl, windows after the warm-up only.
 bare: the same model config and seed, a plain torch AdamW with the same
 groups and the recipe's gradient clipping, forward/backward/step over the very
@@ -86,6 +90,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--zero", type=int, default=0, help="ZeRO stage of the unimodal run (1 rank)")
     p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--workers", type=int, default=0, help="data.workers of the unimodal run (see the docstring)")
     args = p.parse_args()
     every = 10
     if args.warmup % every or args.steps % every:
@@ -96,7 +101,7 @@ def main() -> None:
         sets = [
             "init_from=null", f"model.preset={args.preset}", f"train.steps={args.steps}",
             f"train.checkpoint_every={10 * args.steps}", f"logging.every={every}", "logging.wandb.mode=offline",
-            f"train.output_dir={ws / 'run'}", "data.workers=1", f"data.batch_tokens={args.batch_tokens}",
+            f"train.output_dir={ws / 'run'}", f"data.workers={args.workers}", f"data.batch_tokens={args.batch_tokens}",
             f"deepspeed.zero_optimization.stage={args.zero}",
         ]
         recipe = load_recipe(recipe_path, sets)
@@ -108,10 +113,10 @@ def main() -> None:
 
     ratio = ours / bare
     print(f"{args.preset}, 1 rank, {torch.get_num_threads()} threads, steps {args.warmup + 1}-{args.steps} timed")
-    print(f"  unimodal (DeepSpeed ZeRO-{args.zero}, sampler, logging): {ours:10.0f} tokens/s")
+    print(f"  unimodal (DeepSpeed ZeRO-{args.zero}, sampler, {args.workers} loader workers, logging): {ours:10.0f} tokens/s")
     print(f"  bare PyTorch loop (AdamW, prebuilt batches):      {bare:10.0f} tokens/s")
     print(f"  ratio: {ratio:.3f}")
-    print(json.dumps({"bench": "step_overhead", "preset": args.preset, "zero_stage": args.zero,
+    print(json.dumps({"bench": "step_overhead", "preset": args.preset, "zero_stage": args.zero, "workers": args.workers,
                       "unimodal_tokens_per_s": round(ours, 1), "bare_tokens_per_s": round(bare, 1), "ratio": round(ratio, 4)}))
 
 
