@@ -76,14 +76,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from unimodal.config import Recipe, expand_shards, load_recipe, read_yaml  # noqa: E402
-from unimodal.data.loader import build_train_loader  # noqa: E402
+from unimodal.data.loader import PREFETCH, build_train_loader  # noqa: E402  (the bare loop prefetches as deep)
 from unimodal.tokenize.patches import resize_pixels  # noqa: E402
 from unimodal.tokenize.sequence import IGNORE_INDEX  # noqa: E402
 from unimodal.tokenize.text import shard_texts, train_text_tokenizer  # noqa: E402
 
 MODALITIES = ("image", "audio", "video", "text")
 STAGE2 = REPO / "recipes" / "smoke" / "stage2.yaml"
-PREFETCH = 4  # what build_train_loader uses; the bare loop gets the same
+
 IMAGE_STORED, IMAGE_SIZE, IMAGE_PATCH = 256, 224, 16  # img2dataset-style 256 shards, a 224 model
 AUDIO_RATE, AUDIO_SECONDS = 16_000, 4.0
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 16, 128, 8

@@ -18,7 +18,6 @@ from conftest import SMOKE
 from unimodal.config import load_recipe
 from unimodal.data.decode import decode_example
 from unimodal.data.loader import build_train_loader
-from unimodal.data.mixing import TaskSampler
 from unimodal.data.stream import eval_samples
 
 
@@ -91,14 +90,6 @@ def test_shardwriter_shards_load_unchanged(in_workspace, tmp_path, monkeypatch):
     assert batch["patches_image"].shape == (16 * n, 192)
     assert batch["patches_video"].shape == (64 * n, 384)
     assert not sentinel.exists()
-
-
-def test_task_sampler_mix_and_fast_forward():
-    sampler = TaskSampler([3.0, 1.0], seed=7)
-    draws = [next(sampler) for _ in range(20000)]
-    assert abs(draws.count(0) / 20000 - 0.75) < 0.01
-    resumed = TaskSampler([3.0, 1.0], seed=7, draws=12345)
-    assert [next(resumed) for _ in range(100)] == draws[12345:12445]
 
 
 def test_loader_resumes_exactly_where_it_stopped(in_workspace):

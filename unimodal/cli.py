@@ -7,6 +7,7 @@
     unimodal tokenizer train SHARDS... --out DIR
     unimodal train RECIPE [--nproc N] [--set F=V ...] [--resume]
     unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...]
+    unimodal plan RECIPE_OR_CURRICULUM [--simulate N] [--json] [--nproc N] [--set F=V ...]
     unimodal eval RECIPE --checkpoint STAGE_DIR [--json FILE]
     unimodal demo                            all of the above on the demo data
 """
@@ -63,6 +64,13 @@ def cmd_curriculum(args) -> None:
     from unimodal.train.curriculum import run_curriculum
 
     run_curriculum(args.curriculum, args.nproc, args.set)
+
+
+def cmd_plan(args) -> None:
+    from unimodal.data.plan import format_plan, plan
+
+    report = plan(args.recipe, args.nproc, args.set, args.simulate, args.probe)
+    print(json.dumps(report, indent=2) if args.json else format_plan(report))
 
 
 def cmd_eval(args) -> None:
@@ -160,7 +168,16 @@ def parser() -> argparse.ArgumentParser:
     launch_options(q)
     q.set_defaults(func=cmd_curriculum)
 
-    q = sub.add_parser("eval", help="exact-match accuracy on each dataset's eval_shards")
+    q = sub.add_parser("plan", help="per stage and dataset: size, target mix, samples and tokens per step, epochs")
+    q.add_argument("recipe", help="a stage recipe, or a curriculum (every stage is planned)")
+    q.add_argument("--simulate", type=int, default=0, metavar="N", help="also draw N tasks from the real sampler: the achieved mix")
+    q.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    q.add_argument("--nproc", type=int, default=2, help="ranks the stage will run on, all nodes together (default 2)")
+    q.add_argument("--probe", type=int, default=16, metavar="K", help="samples per dataset tokenized to measure lengths (default 16)")
+    q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. train.steps=40")
+    q.set_defaults(func=cmd_plan)
+
+    q = sub.add_parser("eval", help="a held-out metric per dataset (exact match for seq2seq) on its eval_shards")
     q.add_argument("recipe")
     q.add_argument("--checkpoint", required=True, help="a stage's output dir (holding model.safetensors)")
     q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")

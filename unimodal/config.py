@@ -10,14 +10,16 @@ and the field.
 from __future__ import annotations
 
 import copy
+from bisect import bisect_right
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import braceexpand
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unimodal.data.fields import DECODABLE, check_field
+from unimodal.data.index import shard_samples
 
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
 
@@ -30,13 +32,31 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# What a dataset trains (unimodal/tokenize/objectives.py lays samples out, unimodal/model/heads.py scores them):
+#   seq2seq      the decoder writes the text `target` from the encoded inputs (UnIVAL, MultiModel)
+#   mlm          masked text tokens predicted from the encoder by the tied LM head (MoMo)
+#   mim          masked patches' normalised pixels regressed from the encoder (MoMo, SimMIM)
+#   contrastive  the two inputs encoded apart, pooled, InfoNCE over the step's pairs on all ranks (CLIP)
+#   itm          the two inputs encoded together: matched, or mismatched with another sample's second input
+Objective = Literal["seq2seq", "mlm", "mim", "contrastive", "itm"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+MASK_RATIO = {"mlm": 0.15, "mim": 0.6}  # defaults: BERT's 15% of tokens, SimMIM's 60% of patches
+
+
+class ObjectiveOptions(Strict):
+    # mlm: fraction of the text input's tokens masked; mim: of each image, audio or video input's patches
+    mask_ratio: float | None = Field(None, gt=0, lt=1)
+
+
 class DatasetConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # names metrics: `loss/<name>`
     task: str
     shards: str | list[str]
     eval_shards: str | list[str] | None = None
     inputs: dict[str, str] = Field(min_length=1)
-    target: str
+    target: str | None = None  # the text the decoder writes: seq2seq only
+    objective: Objective = "seq2seq"
+    objective_options: ObjectiveOptions = Field(default_factory=ObjectiveOptions)
     weight: float = Field(1.0, gt=0)
     prompt: str | None = None  # text put before the inputs; defaults to the task name
     # true: shards drawn with replacement, an endless stream per rank and worker (for mixing);
@@ -54,9 +74,32 @@ class DatasetConfig(Strict):
 
     @field_validator("target")
     @classmethod
-    def _target_is_text(cls, target: str) -> str:
-        check_field(target, "text")
+    def _target_is_text(cls, target: str | None) -> str | None:
+        if target is not None:
+            check_field(target, "text")
         return target
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> DatasetConfig:
+        o, patches = self.objective, [m for m in self.inputs if m != "text"]
+        if o == "seq2seq" and self.target is None:
+            raise ValueError("target: objective seq2seq needs the text field the decoder writes, e.g. txt or json.caption")
+        if o != "seq2seq" and self.target is not None:
+            raise ValueError(f"target: objective {o} has no decoder target; leave target out")
+        if o == "mlm" and "text" not in self.inputs:
+            raise ValueError("inputs: objective mlm masks text tokens and needs a text input")
+        if o == "mim" and not patches:
+            raise ValueError("inputs: objective mim masks patches and needs an image, audio or video input")
+        if o in ("contrastive", "itm") and len(self.inputs) != 2:
+            raise ValueError(f"inputs: objective {o} pairs exactly two inputs, got {len(self.inputs)}")
+        if o in ("contrastive", "itm") and self.prompt is not None:
+            raise ValueError(f"prompt: objective {o} encodes its two inputs without a prompt; leave prompt out")
+        ratio = self.objective_options.mask_ratio
+        if ratio is not None and o not in MASK_RATIO:
+            raise ValueError(f"objective_options.mask_ratio: only for objectives {' and '.join(MASK_RATIO)}, not {o}")
+        if o in MASK_RATIO and ratio is None:  # the default written out, so the run's saved recipe.yaml shows it
+            self.objective_options = ObjectiveOptions(mask_ratio=MASK_RATIO[o])
+        return self
 
     @property
     def modality(self) -> str:
@@ -68,6 +111,78 @@ class DatasetConfig(Strict):
         return self.prompt if self.prompt is not None else self.task
 
 
+class SchedulePoint(Strict):
+    step: int = Field(ge=0)
+    weights: dict[str, float]  # factor on each named dataset's share at `step`; unnamed ones keep 1
+
+
+class Ramp(Strict):
+    dataset: str
+    steps: int = Field(gt=0)  # the dataset's factor rises linearly from 0 at step 0 to 1 at this step
+
+
+LOSS_AWARE_FIELDS = ("update_every", "loss_temperature", "min_weight", "max_weight")
+
+
+class SamplingConfig(Strict):
+    """Which dataset each sample comes from: a strategy's mix, times factors that may change with the step.
+
+    weights      p_i proportional to datasets[i].weight
+    temperature  p_i proportional to n_i^(1/T), n_i the dataset's samples in index.json
+    loss_aware   starts from weights (or from sizes when `temperature` is set); every
+                 `update_every` steps the tasks whose loss fell least get more (unimodal/data/balance.py)
+    """
+
+    strategy: Literal["weights", "temperature", "loss_aware"] = "weights"
+    temperature: float | None = Field(None, gt=0)  # 1: proportional to size; larger: closer to uniform
+    update_every: int = Field(100, gt=0)
+    loss_temperature: float = Field(0.1, gt=0)  # smaller: a sharper preference for slow tasks
+    min_weight: float = Field(0.0, ge=0, le=1)  # floor and ceiling on each task's loss-aware share
+    max_weight: float = Field(1.0, gt=0, le=1)
+    schedule: list[SchedulePoint] = []  # linear between points, constant before the first and after the last
+    ramp: list[Ramp] = []
+
+    @field_validator("ramp", mode="before")
+    @classmethod
+    def _one_or_many(cls, ramp: Any) -> Any:
+        return [ramp] if isinstance(ramp, dict) else ramp
+
+    @model_validator(mode="after")
+    def _fields_fit_strategy(self) -> SamplingConfig:
+        if self.strategy == "temperature" and self.temperature is None:
+            raise ValueError("strategy temperature needs `temperature` (1: proportional to size, larger: flatter)")
+        if self.strategy == "weights" and self.temperature is not None:
+            raise ValueError("temperature: only for strategy temperature or loss_aware")
+        # against the defaults, not the fields given: a run's saved recipe.yaml writes every field
+        stray = [f for f in LOSS_AWARE_FIELDS if getattr(self, f) != type(self).model_fields[f].default]
+        if stray and self.strategy != "loss_aware":
+            raise ValueError(f"{', '.join(stray)}: only for strategy loss_aware")
+        if self.min_weight > self.max_weight:
+            raise ValueError(f"min_weight {self.min_weight} is above max_weight {self.max_weight}")
+        steps = [p.step for p in self.schedule]
+        if steps != sorted(set(steps)):
+            raise ValueError(f"schedule: steps must increase, got {steps}")
+        if any(f < 0 for p in self.schedule for f in p.weights.values()):
+            raise ValueError("schedule: weights are factors and must be >= 0")
+        return self
+
+    def factors(self, names: list[str], step: int) -> list[float]:
+        """Each dataset's factor at `step`: the schedule's (linear between points) times its ramps'."""
+        out = [1.0] * len(names)
+        if self.schedule:
+            k = bisect_right([p.step for p in self.schedule], step)
+            a, b = self.schedule[max(k - 1, 0)], self.schedule[min(k, len(self.schedule) - 1)]
+            t = (step - a.step) / (b.step - a.step) if b.step > a.step else 0.0
+            out = [(1 - t) * a.weights.get(n, 1.0) + t * b.weights.get(n, 1.0) for n in names]
+        for ramp in self.ramp:
+            out[names.index(ramp.dataset)] *= min(1.0, step / ramp.steps)
+        return out
+
+    def breakpoints(self) -> list[int]:
+        """Steps where a factor's slope changes: the factors are linear in between."""
+        return sorted({0, *(p.step for p in self.schedule), *(r.steps for r in self.ramp)})
+
+
 class DataConfig(Strict):
     batch_tokens: int = Field(4096, gt=0)  # tokens computed (encoder + decoder, padding too) per micro-batch
     # encoder tokens per row when packing samples back to back; absent: one sample a row (padded)
@@ -77,11 +192,31 @@ class DataConfig(Strict):
     # stop the run once a dataset's skipped (broken) samples exceed this fraction of those read
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     datasets: list[DatasetConfig] = Field(min_length=1)
+    sampling: SamplingConfig = SamplingConfig()
 
     @model_validator(mode="after")
     def _rows_fit(self) -> DataConfig:
         if self.pack_length is not None and self.pack_length >= self.batch_tokens:
             raise ValueError(f"pack_length {self.pack_length} must be below batch_tokens {self.batch_tokens}: a row must fit a batch")
+        return self
+
+    @model_validator(mode="after")
+    def _sampling_fits_datasets(self) -> DataConfig:
+        s, names = self.sampling, [d.name for d in self.datasets]
+        named = [(f"sampling.schedule.{i}.weights", n) for i, p in enumerate(s.schedule) for n in p.weights]
+        named += [(f"sampling.ramp.{i}.dataset", r.dataset) for i, r in enumerate(s.ramp)]
+        for where, name in named:
+            if name not in names:
+                raise ValueError(f"{where}: no dataset named {name!r} (datasets: {', '.join(names)})")
+        n = len(names)
+        if s.strategy == "loss_aware" and not n * s.min_weight <= 1 <= n * s.max_weight:
+            raise ValueError(
+                f"sampling: no mix of {n} datasets has every share within [min_weight {s.min_weight}, "
+                f"max_weight {s.max_weight}] (needs {n} x min_weight <= 1 <= {n} x max_weight)"
+            )
+        for step in s.breakpoints():
+            if not any(s.factors(names, step)):
+                raise ValueError(f"sampling: at step {step} the schedule and ramps leave every dataset at 0")
         return self
 
     @field_validator("datasets")
@@ -176,15 +311,30 @@ class LoggingConfig(Strict):
 class Recipe(Strict):
     name: str
     seed: int = 0
-    # absent: from scratch; "previous": the previous curriculum stage's weights;
-    # otherwise a directory holding model.safetensors
+    # absent: from scratch; "previous": the previous curriculum stage's output directory;
+    # otherwise a finished stage's output directory (holding model.safetensors)
     init_from: str | None = None
+    # what comes from init_from: its weights, or also its optimiser state (unimodal/train/start.py)
+    carry: Literal["weights", "optimizer"] = "weights"
     model: ModelSection = ModelSection()
     tokenizer: TokenizerConfig
     data: DataConfig
     train: TrainConfig
     deepspeed: dict[str, Any] = {}
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _carry_needs_a_source(self) -> Recipe:
+        if self.carry == "optimizer" and not self.init_from:
+            raise ValueError("carry: 'optimizer' needs init_from, the run whose optimiser state to load")
+        return self
+
+    @model_validator(mode="after")
+    def _seq2seq_needs_a_decoder(self) -> Recipe:
+        seq2seq = [d.name for d in self.data.datasets if d.objective == "seq2seq"]
+        if seq2seq and self.model.overrides.get("dec_layers") == 0:
+            raise ValueError(f"model.overrides.dec_layers: 0 leaves no decoder for the seq2seq datasets {', '.join(seq2seq)}")
+        return self
 
 
 def expand_shards(spec: str | list[str]) -> list[str]:
@@ -265,6 +415,14 @@ def check_recipe_files(recipe: Recipe, path: str | Path) -> None:
                     raise RecipeError(
                         f"{path}: data.datasets.{i}.{field} ({ds.name}): shard not found: {url}"
                     )
+    if recipe.data.sampling.temperature is not None:
+        for i, ds in enumerate(recipe.data.datasets):
+            if shard_samples(expand_shards(ds.shards)) is None:
+                raise RecipeError(
+                    f"{path}: data.sampling.temperature weighs datasets by size, but the size of "
+                    f"data.datasets.{i} ({ds.name}) is unknown: its shards have no entries in an index.json "
+                    "beside them (`unimodal shards write` writes one; remote shards have none)"
+                )
     if not recipe.tokenizer.text.is_file():
         raise RecipeError(
             f"{path}: tokenizer.text: SentencePiece model not found: {recipe.tokenizer.text} "

@@ -38,12 +38,16 @@ class BadSample(Exception):
 
 @dataclass
 class Example:
-    """A decoded sample: its dataset, raw inputs per modality, and text target."""
+    """A decoded sample: its dataset, raw inputs per modality, and text target (seq2seq only).
+
+    `key` and `epoch` (0 outside training) seed the sample's masks for mlm and mim.
+    """
 
     dataset: int
     key: str
     inputs: dict[str, Any]  # "text": str, "image": PIL.Image, "audio": float32 [n], "video": uint8 [T,H,W,3]
-    target: str
+    target: str | None
+    epoch: int = 0
 
 
 def decode_image(data: bytes, size: int | None = None) -> Image.Image:
@@ -190,5 +194,5 @@ def decode_field(raw: dict[str, Any], field: str, modality: str, tok: TokenizerC
 
 def decode_example(raw: dict[str, Any], index: int, ds: DatasetConfig, tok: TokenizerConfig) -> Example:
     inputs = {m: decode_field(raw, field, m, tok) for m, field in ds.inputs.items()}
-    target = decode_field(raw, ds.target, "text", tok)
-    return Example(dataset=index, key=raw["__key__"], inputs=inputs, target=target)
+    target = decode_field(raw, ds.target, "text", tok) if ds.target is not None else None
+    return Example(dataset=index, key=raw["__key__"], inputs=inputs, target=target, epoch=raw.get("__epoch__", 0))

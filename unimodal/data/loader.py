@@ -2,6 +2,9 @@
 
 Each worker owns one `ShardStream` per dataset and a TaskSampler; it decodes,
 tokenizes and collates, so the training process only receives ready tensors.
+A batch's target mix depends on its training step (unimodal/data/balance.py).
+Workers take turns, so batch j of worker w (of W) is the loader's batch
+j * W + w, which falls in training step (j * W + w) // accumulation.
 Broken samples (undecodable media, missing fields, truncated shards) are
 skipped, logged with shard and key, and counted per dataset and reason; once a
 dataset's skipped fraction passes `data.max_bad_fraction` the worker stops the
@@ -26,10 +29,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from unimodal.config import DatasetConfig, Recipe, expand_shards
 from unimodal.data.decode import BadSample, decode_example
-from unimodal.data.mixing import TaskSampler
-from unimodal.data.packing import RowPacker
+from unimodal.data.balance import MixBoard, MixPolicy
+from unimodal.data.mixing import cumulative, slot_sampler
+from unimodal.data.packing import fill_batch
 from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.tokenize.multimodal import MultimodalTokenizer
+from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import TokenSequence, collate_rows
 from unimodal.tokenize.text import BOS_ID
 
@@ -37,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 MIN_READ = 100  # samples a worker reads from a dataset before its skipped fraction is judged
-DEFER = 4  # samples set aside (did not fit) before a batch is closed: smaller ones drawn meanwhile fill the gaps
+SNAPSHOT_EVERY = 32  # batches between the positions a worker sends along (see build_train_loader)
+PREFETCH = 4  # batches each worker builds ahead of the trainer
 
 
 class TooManyBadSamples(RuntimeError):
@@ -51,8 +57,9 @@ class MixedBatches(IterableDataset):
     the epoch each was read in, and the skipped counts the batch's reading added.
     """
 
-    def __init__(self, recipe: Recipe, rank: int, world: int):
+    def __init__(self, recipe: Recipe, rank: int, world: int, accumulation: int = 1, board: MixBoard | None = None):
         self.recipe, self.rank, self.world = recipe, rank, world
+        self.accumulation, self.board = accumulation, board
         self.datasets: list[DatasetConfig] = recipe.data.datasets
         self.position: dict[str, Any] | None = None  # committed: where the next batch starts
         self._restore: dict[str, Any] | None = None
@@ -71,9 +78,10 @@ class MixedBatches(IterableDataset):
     def _start(self) -> None:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        self.worker, self.workers = worker, workers
         slot, slots = self.rank * workers + worker, self.world * workers
         seed = self.recipe.seed
-        self.tokenizer = MultimodalTokenizer(self.recipe.tokenizer, self.datasets)
+        self.tokenizer = MultimodalTokenizer(self.recipe.tokenizer, self.datasets, seed)
         self.streams = []
         for d, ds in enumerate(self.datasets):
             stream = ShardStream(
@@ -86,17 +94,18 @@ class MixedBatches(IterableDataset):
                 on_broken=lambda err, d=d: self._skip(d, "broken shard", str(err)),
             )
             self.streams.append(stream)
-        draws, pending = 0, []
+        draws, self.batches, pending = 0, 0, []
         self.read = [0] * len(self.datasets)
         self.skipped = [Counter() for _ in self.datasets]
         if self._restore:
             draws, pending = int(self._restore["draws"]), self._restore["pending"]
+            self.batches = int(self._restore["batches"])
             self.read = [int(n) for n in self._restore["read"]]
             self.skipped = [Counter(c) for c in self._restore["skipped"]]
             for stream, state in zip(self.streams, self._restore["streams"]):
                 stream.load_state_dict(state)
-        weights = [ds.weight for ds in self.datasets]
-        self.sampler = TaskSampler(weights, stream_seed(seed, self.rank, worker, 1 << 20), draws)
+        self.policy = MixPolicy(self.recipe, self.board)
+        self.sampler = slot_sampler(seed, self.rank, worker, draws)
         # samples drawn that did not fit an earlier batch, first in line: (dataset, raw, tokens if made)
         self._pending: list[tuple[int, dict[str, Any], TokenSequence | None]] = []
         for d, coord in pending:
@@ -107,6 +116,7 @@ class MixedBatches(IterableDataset):
     def _snapshot(self) -> dict[str, Any]:
         return {
             "draws": self.sampler.draws,
+            "batches": self.batches,
             "streams": [s.state_dict() for s in self.streams],
             "read": list(self.read),
             "skipped": [dict(c) for c in self.skipped],
@@ -137,7 +147,7 @@ class MixedBatches(IterableDataset):
                 if seq is not None:
                     return d, raw, seq
             else:
-                d = next(self.sampler)
+                d = self.sampler.draw(self._cum)
                 raw = next(self.streams[d])
                 self.read[d] += 1
             try:
@@ -149,22 +159,14 @@ class MixedBatches(IterableDataset):
         if self.streams is None:
             self._start()
         start = self.position
-        budget = self.recipe.data.batch_tokens
-        packer = RowPacker(self.recipe.data.pack_length)
-        items: list[tuple[int, dict[str, Any], TokenSequence]] = []
-        deferred = []  # a later batch opens with these; they are part of the position
-        while True:
-            item = self._next_sample()
-            if items and packer.tokens_with(item[2]) > budget:
-                deferred.append(item)
-                if len(self._pending) + len(deferred) >= DEFER:
-                    break
-            else:
-                packer.add(item[2])
-                items.append(item)
-        self._pending += deferred
+        step = (self.batches * self.workers + self.worker) // self.accumulation
+        self._cum = cumulative(self.policy.target(step))
+        data = self.recipe.data
+        # samples set aside join self._pending: a later batch opens with them; they are part of the position
+        packer, items = fill_batch(self._next_sample, self._pending, data.batch_tokens, data.pack_length)
+        self.batches += 1
         self.position = self._snapshot()
-        batch = collate_rows(packer.rows, self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
+        batch = collate_rows(pair_negatives(packer.rows), self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
         batch["meta"] = {
             "keys": [f"{self.datasets[d].name}/{raw['__key__']}" for d, raw, _ in items],
             "epochs": [raw["__epoch__"] for _, raw, _ in items],
@@ -183,8 +185,18 @@ def skipped_between(datasets: list[DatasetConfig], start: dict[str, Any], end: d
     return out
 
 
-def build_train_loader(recipe: Recipe, rank: int, world: int = 1) -> StatefulDataLoader:
-    """This rank's loader; `world` ranks x `data.workers` workers share the shards."""
+def mix_lag(recipe: Recipe, accumulation: int) -> int:
+    """Steps from a loss-aware update to the first step it may steer: past every prefetched batch."""
+    ahead = PREFETCH * recipe.data.workers + 1
+    return -(-ahead // accumulation)
+
+
+def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1) -> StatefulDataLoader:
+    """This rank's loader; `world` ranks x `data.workers` workers share the shards.
+
+    `accumulation` (micro-batches per step) maps batches to steps for the target mix.
+    With loss-aware sampling the loader's dataset carries the `MixBoard` the trainer writes to.
+    """
     workers = recipe.data.workers
     slots = world * max(1, workers)
     for i, ds in enumerate(recipe.data.datasets):
@@ -195,10 +207,18 @@ def build_train_loader(recipe: Recipe, rank: int, world: int = 1) -> StatefulDat
                 f"{world} ranks x {max(1, workers)} workers; it needs at least {slots} shards "
                 "(write smaller ones with `unimodal shards write --max-count`) or resample: true"
             )
+    s = recipe.data.sampling
+    board = None
+    if s.strategy == "loss_aware":  # made before the workers start, so they share its memory
+        board = MixBoard(len(recipe.data.datasets), mix_lag(recipe, accumulation), s.update_every)
     return StatefulDataLoader(
-        MixedBatches(recipe, rank, world),
+        MixedBatches(recipe, rank, world, accumulation, board),
         batch_size=None,
         num_workers=workers,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=PREFETCH if workers else None,
         persistent_workers=False,
+        # a worker sends its position with every 32nd batch, not every batch (the position of a
+        # shuffle buffer is hundreds of coordinates); a restored loader replays the batches since
+        # the last snapshot, which this deterministic pipeline rebuilds exactly
+        snapshot_every_n_steps=SNAPSHOT_EVERY,
     )

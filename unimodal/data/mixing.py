@@ -1,27 +1,47 @@
-"""Task mixing: which dataset the next sample comes from.
+"""Task mixing: which dataset the next sample comes from, given the target mix.
 
-The draw is a pure function of (seed, number of draws so far), so the
-sampler's whole state is one integer and a resumed run draws exactly the task
-sequence an uninterrupted one would have.
+Draw i looks up u_i = frac(u_0 + i / phi) in the cumulative target
+probabilities: a golden-ratio Weyl sequence, the most evenly spread sequence
+of its kind. Independent uniform draws would miss a share of 0.3 by about
+0.0035 (one standard deviation) over 20,000 samples; this sequence misses by
+O(log n / n), so each batch, and every window of the logs, holds close to the
+target mix. u_0 comes from the seed, so the draw is a pure function of (seed,
+rank, worker, draw index, target): the sampler's whole state is its draw
+count, and a resumed run draws exactly the tasks an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from unimodal.data.stream import stream_seed
+
+GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / phi, in 64-bit fixed point: the sequence stays exact for any draw count
+MASK = (1 << 64) - 1
+
+
+def cumulative(probs: np.ndarray) -> np.ndarray:
+    """Cumulative shares that end at exactly 1.0, from the last task with a positive share on."""
+    cum = np.cumsum(probs, dtype=np.float64)
+    cum /= cum[-1]
+    cum[np.flatnonzero(probs)[-1] :] = 1.0  # rounding must never hand a draw to a task at 0
+    return cum
+
 
 class TaskSampler:
-    """Draws dataset indices with probabilities proportional to the recipe's weights."""
+    """Dataset indices along a golden-ratio Weyl sequence, spread by the cumulative target mix."""
 
-    def __init__(self, weights: list[float], seed: int, draws: int = 0):
-        w = np.asarray(weights, dtype=np.float64)
-        self.probs = w / w.sum()
-        self._cum = np.cumsum(self.probs)
-        self._cum[-1] = 1.0
-        self.rng = np.random.default_rng(seed)
-        self.rng.random(draws)  # fast-forward: random(n) consumes exactly n draws
+    def __init__(self, seed: int, draws: int = 0):
+        self.start = int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
         self.draws = draws
 
-    def __next__(self) -> int:
+    def draw(self, cum: np.ndarray) -> int:
+        """The next dataset for the target mix `cum` (from `cumulative`)."""
+        u = (((self.start + self.draws * GOLDEN) & MASK) >> 11) / (1 << 53)  # in [0, 1), exact
         self.draws += 1
-        return int(np.searchsorted(self._cum, self.rng.random(), side="right"))
+        return int(np.searchsorted(cum, u, side="right"))
+
+
+def slot_sampler(seed: int, rank: int, worker: int, draws: int = 0) -> TaskSampler:
+    """The sampler of one loader worker: each (rank, worker) starts its sequence elsewhere."""
+    return TaskSampler(stream_seed(seed, rank, worker, 1 << 20), draws)

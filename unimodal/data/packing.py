@@ -14,7 +14,12 @@ keeps within `data.batch_tokens`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from unimodal.tokenize.sequence import TokenSequence
+
+DEFER = 4  # samples set aside (did not fit) before a batch is closed: smaller ones drawn meanwhile fill the gaps
 
 
 class RowPacker:
@@ -62,3 +67,29 @@ class RowPacker:
     def enc_length(self) -> int:
         """The batch's encoder row length: pack_length, or the fullest row if longer."""
         return max(max(self.enc), self.pack_length or 0)
+
+
+Item = tuple[int, Any, TokenSequence]  # (dataset, raw sample, tokens): only the tokens' lengths count here
+
+
+def fill_batch(next_item: Callable[[], Item], pending: list[Item], budget: int, pack_length: int | None) -> tuple[RowPacker, list[Item]]:
+    """One batch of at most `budget` tokens from `next_item()`, first fit into rows.
+
+    An item that does not fit is set aside; once `pending` (not yet taken by
+    `next_item`) and those set aside reach DEFER, the batch closes and the set-aside
+    items join `pending`, to open the next batch.
+    """
+    packer = RowPacker(pack_length)
+    items: list[Item] = []
+    deferred: list[Item] = []
+    while True:
+        item = next_item()
+        if items and packer.tokens_with(item[2]) > budget:
+            deferred.append(item)
+            if len(pending) + len(deferred) >= DEFER:
+                break
+        else:
+            packer.add(item[2])
+            items.append(item)
+    pending += deferred
+    return packer, items

@@ -7,12 +7,13 @@ from torch import nn
 
 from unimodal.tokenize.sequence import PATCH_MODALITIES
 
-# Body sizes. Parameter counts (count_parameters, tied LM head) with an 8000-token
-# vocab, max_positions 1024 and patch dims image 768, audio 256, video 1536:
-#   tiny    2.7M
-#   small  65.3M
-#   base  208.2M   (UnIVAL-base scale: d 768, 12 heads, 12 + 12 layers; UnIVAL's
-#                  ~250M includes a far larger vocab and CNN feature extractors)
+# Body sizes. Parameter counts (count_parameters, tied LM head, the objectives' heads)
+# with an 8000-token vocab, max_positions 1024 and patch dims image 768, audio 256, video 1536:
+#   tiny    3.1M
+#   small  66.9M
+#   base  210.7M   (UnIVAL-base scale: d 768, 12 heads, 12 + 12 layers; with a vocab
+#                  like UnIVAL's, ~59k = BPE + image codes + location bins, it is
+#                  ~250M, UnIVAL's size: the embedding grows by 51k x 768 = 39M)
 #   large  1.08B
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(d_model=128, n_heads=4, enc_layers=3, dec_layers=2),

@@ -3,9 +3,10 @@
 Counted: every matmul the model needs for the real (unpadded) tokens, at 2
 FLOPs per multiply-add; the backward pass costs twice the forward, so a
 training step is 3x forward (activation recomputation is not counted: MFU
-measures useful work, not work done). Per sample, with d = d_model,
-r = mlp_ratio, E / T its encoder / decoder tokens, P_m its patches of
-modality m with flat size p_m, V the vocabulary:
+measures useful work, not work done). With d = d_model, r = mlp_ratio, V the
+vocabulary, per view of E tokens (a sample has one view; contrastive and itm
+samples two, each encoded alone) and per seq2seq sample of T target tokens
+and E encoder tokens, P_m patches of modality m with flat size p_m:
 
     encoder, per layer   E * (8 d^2 + 4 r d^2)      q, kv, out projections; MLP
                        + E * 4 E d                  scores QK^T and weighted sum AV
@@ -14,39 +15,78 @@ modality m with flat size p_m, V the vocabulary:
                        + T * 4 d^2 + E * 4 d^2      cross-attention: q and out; kv of the memory
                        + T * 4 E d                  cross-attention scores and sum
     stems                sum_m P_m * 2 p_m d
-    LM head              T * 2 d V
+    LM head              (T + K) * 2 d V            K: masked text tokens (mlm)
+    mim head             sum_m M_m * 2 d p_m        M_m: masked patches of modality m
+    contrastive          n * 2 * 2 d^2 + 4 n^2 d    n pairs: both views projected; both similarity matrices
+    itm head             2 d per view
 
 Causal attention is counted in full, as PyTorch's FlopCounterMode and most
-published MFU figures count it; embeddings, norms and softmax are left out.
-`tests/test_flops.py` checks this against FlopCounterMode on a real model.
+published MFU figures count it; embeddings, norms, pooling and softmax are
+left out. So is work that is not useful: the decoder over a padding position
+in a batch without seq2seq samples and heads over zero rows (both run only to
+keep every parameter in the graph), the decoder's cross-attention kv of
+encoder-only samples in a mixed batch, and the similarities against pairs
+gathered from other ranks. `tests/test_flops.py` and `tests/test_objectives.py`
+check this against FlopCounterMode on a real model.
 """
 
 from __future__ import annotations
 
 import torch
 
+from unimodal.config import OBJECTIVES
 from unimodal.model.config import ModelConfig
-from unimodal.tokenize.sequence import PATCH_MODALITIES
+from unimodal.model.unified import view_ids
+from unimodal.tokenize.sequence import MODALITIES, PATCH_MODALITIES
+
+
+def encoder_flops(cfg: ModelConfig, enc_len: int) -> int:
+    """Forward FLOPs of the encoder over one view of `enc_len` tokens."""
+    d, e = cfg.d_model, enc_len
+    return cfg.enc_layers * (e * int((8 + 4 * cfg.mlp_ratio) * d * d) + 4 * e * e * d)
+
+
+def decoder_flops(cfg: ModelConfig, dec_len: int, enc_len: int) -> int:
+    """Forward FLOPs of the decoder and LM head writing `dec_len` tokens from `enc_len` encoder tokens."""
+    d, t, e = cfg.d_model, dec_len, enc_len
+    if not t:
+        return 0
+    dense = int((8 + 4 * cfg.mlp_ratio) * d * d)
+    return cfg.dec_layers * (t * dense + 4 * t * t * d + 4 * d * d * (t + e) + 4 * t * e * d) + 2 * t * d * cfg.vocab_size
 
 
 def forward_flops(cfg: ModelConfig, enc_len: int, dec_len: int, patches: dict[str, int]) -> int:
-    """Forward FLOPs of one sample: `enc_len` encoder tokens, `dec_len` decoder tokens."""
-    d, r, e, t = cfg.d_model, cfg.mlp_ratio, enc_len, dec_len
-    dense = int((8 + 4 * r) * d * d)
-    encoder = cfg.enc_layers * (e * dense + 4 * e * e * d)
-    decoder = cfg.dec_layers * (t * dense + 4 * t * t * d + 4 * d * d * (t + e) + 4 * t * e * d)
-    stems = sum(2 * n * cfg.patch_dims[m] * d for m, n in patches.items())
-    return encoder + decoder + stems + 2 * t * d * cfg.vocab_size
+    """Forward FLOPs of one seq2seq sample: `enc_len` encoder tokens, `dec_len` decoder tokens."""
+    stems = sum(2 * n * cfg.patch_dims[m] * cfg.d_model for m, n in patches.items())
+    return encoder_flops(cfg, enc_len) + decoder_flops(cfg, dec_len, enc_len) + stems
+
+
+def view_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokens in each sample's two views [N, 2] (a second view is empty unless contrastive or itm)."""
+    n, views = batch["dataset"].shape[0], view_ids(batch)
+    return torch.bincount(views[views >= 0], minlength=2 * n).view(n, 2)
+
+
+def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: torch.Tensor) -> int:
+    """Forward FLOPs of the encoder-only objectives' heads on a batch with these `view_lengths`."""
+    d, modality, masked, objective = cfg.d_model, batch["modality"], batch["enc_masked"], batch["objective"]
+    flops = 2 * d * cfg.vocab_size * int((masked & (modality == MODALITIES.index("text"))).sum())
+    for m in PATCH_MODALITIES:
+        flops += 2 * d * cfg.patch_dims[m] * int((masked & (modality == MODALITIES.index(m))).sum())
+    pairs = int((objective == OBJECTIVES.index("contrastive")).sum())
+    flops += pairs * 4 * d * d + 4 * pairs * pairs * d
+    return flops + 2 * d * int((views[objective == OBJECTIVES.index("itm")] > 0).sum())
 
 
 def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
     """Training FLOPs (3x forward) of a collated batch, counting real tokens only.
 
-    Per sample, so that samples packed into one row cost what they would alone.
+    Per view and per sample, so that samples packed into one row cost what they would alone.
     """
-    n = batch["dataset"].shape[0]
-    enc = torch.bincount(batch["enc_sample"][batch["enc_sample"] >= 0], minlength=n).tolist()
-    dec = torch.bincount(batch["dec_sample"][batch["dec_sample"] >= 0], minlength=n).tolist()
+    views = view_lengths(batch)
+    enc = views.sum(1).tolist()
+    dec = torch.bincount(batch["dec_sample"][batch["dec_sample"] >= 0], minlength=len(enc)).tolist()
     stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in PATCH_MODALITIES)
-    body = sum(forward_flops(cfg, e, t, {}) for e, t in zip(enc, dec))
-    return 3 * (body + stems)
+    body = sum(encoder_flops(cfg, e) for e in views.flatten().tolist())
+    body += sum(decoder_flops(cfg, t, e) for t, e in zip(dec, enc))
+    return 3 * (body + stems + head_flops(cfg, batch, views))

@@ -1,8 +1,10 @@
-"""One encoder-decoder Transformer for every modality.
+"""One encoder-decoder Transformer for every modality and every objective.
 
 Modality stems turn patches into d_model vectors and the text embedding turns
 ids into the same space; past that point the body cannot tell modalities apart
-except through a learned modality embedding. The decoder always emits text.
+except through a learned modality embedding. The decoder always emits text
+(seq2seq); the encoder-only objectives (mlm, mim, contrastive, itm) read the
+encoder's states through the tied LM head or the small heads of `heads.py`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimodal.config import OBJECTIVES
 from unimodal.model.config import ModelConfig
+from unimodal.model.heads import ContrastiveHead, MaskedPatchHead, MatchHead, rank_counts
+from unimodal.model.losses import LossTerms
 from unimodal.model.transformer import Stack, attention_mask
 from unimodal.tokenize.sequence import IGNORE_INDEX, MODALITIES, PATCH_MODALITIES
+
+TEXT = MODALITIES.index("text")
+CONTRASTIVE, ITM = OBJECTIVES.index("contrastive"), OBJECTIVES.index("itm")
+DEC_PAD = {"dec_in": 0, "dec_out": IGNORE_INDEX, "dec_sample": -1, "dec_positions": 0}
 
 
 def stem_input(patches: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -27,8 +36,60 @@ def stem_input(patches: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return patches.to(dtype)
 
 
+def view_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each token's view number 2 * sample + view, -1 at padding: what attends and pools together."""
+    sample = batch["enc_sample"]
+    return torch.where(sample >= 0, 2 * sample + batch["enc_view"], -1)
+
+
+def pool_views(memory: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean encoder state of each sample's two views [N, 2, d] (summed in fp32), and their token counts [N, 2]."""
+    n = batch["dataset"].shape[0]
+    views = view_ids(batch).flatten()
+    slot = torch.where(views >= 0, views, 2 * n)  # padding into a spare slot
+    sums = memory.new_zeros(2 * n + 1, memory.shape[-1], dtype=torch.float32)
+    sums.index_add_(0, slot, memory.flatten(0, 1).float())
+    counts = torch.zeros(2 * n + 1, device=memory.device).index_add_(0, slot, torch.ones_like(slot, dtype=torch.float32))
+    means = sums[: 2 * n] / counts[: 2 * n].clamp(min=1).unsqueeze(-1)
+    return means.view(n, 2, -1).to(memory.dtype), counts[: 2 * n].view(n, 2)
+
+
+def scored_items(batch: dict[str, torch.Tensor]) -> dict:
+    """What each encoder-only objective scores: flat [B * L] positions, patch rows, sample numbers.
+
+    Found before the encoder runs: finding them waits for the device (a
+    host sync), which here waits for the batch's copy only, not for the
+    encoder. The ranks' contrastive pair counts are gathered here too, as
+    every rank must agree on them, every step, whatever its batch holds.
+    """
+    masked, modality = batch["enc_masked"].flatten(), batch["modality"].flatten()
+    items: dict = {"mlm": (masked & (modality == TEXT)).nonzero().squeeze(1)}
+    for m in PATCH_MODALITIES:
+        of_m = modality == MODALITIES.index(m)
+        items[f"mim_{m}"] = (masked & of_m).nonzero().squeeze(1)
+        items[f"rows_{m}"] = masked[of_m].nonzero().squeeze(1)  # the same patches as rows of patches_<m>
+    items["contrastive"] = (batch["objective"] == CONTRASTIVE).nonzero().squeeze(1)
+    items["itm"] = (batch["objective"] == ITM).nonzero().squeeze(1)
+    items["pair_counts"] = rank_counts(len(items["contrastive"]), masked.device)
+    return items
+
+
+def decoder_inputs(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """The dec_* tensors, and how many memory positions the decoder reads.
+
+    A batch without seq2seq samples still runs the decoder, on one padding
+    position against one memory position, so that its parameters are in the
+    graph (at almost no cost); the memory is sliced either way, so every rank
+    builds the same graph whatever its batch holds.
+    """
+    dec = {k: batch[k] for k in DEC_PAD}
+    if dec["dec_in"].shape[1]:
+        return dec, batch["enc_sample"].shape[1]
+    return {k: v.new_full((v.shape[0], 1), DEC_PAD[k]) for k, v in dec.items()}, 1
+
+
 class UnifiedModel(nn.Module):
-    """Encoder over mixed-modality tokens, text decoder with a tied LM head."""
+    """Encoder over mixed-modality tokens, text decoder with a tied LM head, heads for the other objectives."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -48,7 +109,12 @@ class UnifiedModel(nn.Module):
         self.decoder = Stack(cfg, cfg.dec_layers, decoder=True)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight
+        self.mask_emb = nn.Parameter(torch.zeros(d))  # what a masked token (mlm, mim) shows the encoder
+        self.mim = MaskedPatchHead(d, cfg.patch_dims)
+        self.contrastive = ContrastiveHead(d)
+        self.itm = MatchHead(d)
         self.apply(self._init)
+        nn.init.normal_(self.mask_emb, std=0.02)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -58,7 +124,10 @@ class UnifiedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder output [B, L, d] and each token's sample number [B, L] (-1 at padding)."""
+        """Encoder output [B, L, d] and each token's sample number [B, L] (-1 at padding).
+
+        Each view of a sample is encoded alone; masked tokens show the mask embedding.
+        """
         modality = batch["modality"]
         x = self.tok_emb(batch["enc_ids"])
         for m in PATCH_MODALITIES:
@@ -68,9 +137,10 @@ class UnifiedModel(nn.Module):
             rows = self.stems[m](stem_input(batch[f"patches_{m}"], x.dtype)).to(x.dtype)
             at = (modality == MODALITIES.index(m)).unsqueeze(-1)
             x = x.masked_scatter(at, rows)  # fills rows in row-major [B, L] order
+        x = torch.where(batch["enc_masked"].unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         x = x + self.mod_emb(modality) + self.enc_pos(batch["positions"])
-        enc_sample = batch["enc_sample"]
-        return self.encoder(self.drop(x), attention_mask(enc_sample, enc_sample)), enc_sample
+        views = view_ids(batch)
+        return self.encoder(self.drop(x), attention_mask(views, views)), batch["enc_sample"]
 
     def decode(
         self,
@@ -84,31 +154,82 @@ class UnifiedModel(nn.Module):
 
         Without `dec_sample`, each row is one sample: the one its encoder row holds.
         """
+        return self.lm_head(self.decoder_states(dec_in, memory, enc_sample, dec_sample, dec_positions))
+
+    def decoder_states(
+        self,
+        dec_in: torch.Tensor,
+        memory: torch.Tensor,
+        enc_sample: torch.Tensor,
+        dec_sample: torch.Tensor | None = None,
+        dec_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The decoder's final states [B, T, d], before the LM head (see `decode`)."""
         if dec_sample is None:
             dec_sample = enc_sample[:, :1].expand(-1, dec_in.shape[1])
             dec_positions = torch.arange(dec_in.shape[1], device=dec_in.device)
         x = self.drop(self.tok_emb(dec_in) + self.dec_pos(dec_positions))
         self_mask = attention_mask(dec_sample, dec_sample, causal=True)
-        return self.lm_head(self.decoder(x, self_mask, memory, attention_mask(dec_sample, enc_sample)))
+        return self.decoder(x, self_mask, memory, attention_mask(dec_sample, enc_sample))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """loss: mean CE over every target token in the batch (what we train on);
-        sample_loss: detached mean CE per sample [N], for per-task logging;
-        n_tokens: number of target tokens (0-dim long tensor)."""
-        memory, enc_sample = self.encode(batch)
-        logits = self.decode(batch["dec_in"], memory, enc_sample, batch["dec_sample"], batch["dec_positions"])
-        target = batch["dec_out"]
-        ce = F.cross_entropy(
-            logits.float().flatten(0, 1), target.flatten(),
-            ignore_index=IGNORE_INDEX, reduction="none",
+        """Every objective's loss on its own samples (see `losses.py`):
+
+        loss: the sum over objectives of each one's mean (what we train on);
+        sample_loss: detached mean loss per sample [N], for per-task logging;
+        n_tokens: tokens predicted through the LM head (seq2seq targets, mlm's masked tokens).
+
+        With several ranks, forward is collective: every rank calls it together
+        (the ranks' contrastive pair counts are gathered at every call).
+        """
+        items = scored_items(batch)
+        memory, _ = self.encode(batch)
+        terms = LossTerms(batch["dataset"].shape[0], memory.device)
+        n_tokens = self._predict_tokens(batch, items, memory, terms)
+        self._regress_patches(batch, items, memory, terms)
+        self._compare_views(batch, items, memory, terms)
+        return {"loss": terms.loss, "sample_loss": terms.sample_loss(), "n_tokens": n_tokens}
+
+    def _predict_tokens(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> torch.Tensor:
+        """seq2seq (decoder states) and mlm (masked text tokens' encoder states): one pass through the tied LM head."""
+        enc_sample = batch["enc_sample"]
+        dec, span = decoder_inputs(batch)
+        states = self.decoder_states(
+            dec["dec_in"], memory[:, :span], enc_sample[:, :span], dec["dec_sample"], dec["dec_positions"]
         )
-        valid = target.flatten() != IGNORE_INDEX
-        n_tokens = valid.sum()
-        sample = batch["dec_sample"].flatten()[valid]
-        n = batch["dataset"].shape[0]
-        per_sample = torch.zeros(n, device=ce.device).index_add_(0, sample, ce.detach()[valid])
-        counts = torch.zeros(n, device=ce.device).index_add_(0, sample, torch.ones_like(ce[valid]))
-        return {"loss": ce.sum() / n_tokens, "sample_loss": per_sample / counts, "n_tokens": n_tokens}
+        at = items["mlm"]
+        labels = torch.cat([dec["dec_out"].flatten(), batch["enc_ids"].flatten()[at]])
+        owner = torch.cat([dec["dec_sample"].flatten(), enc_sample.flatten()[at]])
+        owner = torch.where(labels != IGNORE_INDEX, owner, -1)
+        logits = self.lm_head(torch.cat([states.flatten(0, 1), memory.flatten(0, 1)[at]]))
+        ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        k = states.shape[0] * states.shape[1]
+        terms.add(ce[:k], owner[:k])
+        terms.add(ce[k:], owner[k:])
+        return (owner >= 0).sum()
+
+    def _regress_patches(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> None:
+        """mim: each masked patch's encoder state against its pixels."""
+        states = {m: memory.flatten(0, 1)[items[f"mim_{m}"]] for m in PATCH_MODALITIES}
+        pixels = {m: stem_input(batch[f"patches_{m}"][items[f"rows_{m}"]], torch.float32) for m in PATCH_MODALITIES}
+        owner = torch.cat([batch["enc_sample"].flatten()[items[f"mim_{m}"]] for m in PATCH_MODALITIES])
+        terms.add(self.mim(states, pixels), owner)
+
+    def _compare_views(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> None:
+        """contrastive and itm, on each sample's two mean-pooled views."""
+        pooled, sizes = pool_views(memory, batch)
+        pairs = items["contrastive"]
+        terms.add(self.contrastive(pooled[pairs, 0], pooled[pairs, 1], items["pair_counts"]), pairs)
+        itm = items["itm"]
+        matched = torch.tensor([True, False], device=itm.device).repeat(len(itm))  # view 0 matched, view 1 not
+        owner = torch.where(sizes[itm].flatten() > 0, itm.repeat_interleave(2), -1)  # a dropped negative has no tokens
+        terms.add(self.itm(pooled[itm].flatten(0, 1), matched), owner)
+
+    @torch.no_grad()
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit vectors [N, 2, d] of each sample's two views, as the contrastive loss compares them."""
+        memory, _ = self.encode(batch)
+        return self.contrastive.embed(pool_views(memory, batch)[0])
 
     @torch.no_grad()
     def generate(

@@ -1,6 +1,7 @@
 """The modality-agnostic tokenizer: an Example in, one TokenSequence out.
 
-The sequence is the task prompt as text, then each input in recipe order; the
+The sequence is the task prompt as text, then each input in recipe order, laid
+out for the dataset's objective (unimodal/tokenize/objectives.py); a seq2seq
 target is text in the shared vocabulary, ended by EOS.
 """
 
@@ -10,14 +11,17 @@ import torch
 
 from unimodal.config import DatasetConfig, TokenizerConfig
 from unimodal.data.decode import Example
+from unimodal.tokenize.objectives import lay_out, mask_seed
 from unimodal.tokenize.patches import AudioPatcher, ImagePatcher, VideoPatcher
 from unimodal.tokenize.sequence import Segment, TokenSequence
 from unimodal.tokenize.text import EOS_ID, TextTokenizer
 
 
 class MultimodalTokenizer:
-    def __init__(self, cfg: TokenizerConfig, datasets: list[DatasetConfig]):
-        self.cfg = cfg
+    """`seed` (the recipe's) seeds the masks of mlm and mim samples, with their key and epoch."""
+
+    def __init__(self, cfg: TokenizerConfig, datasets: list[DatasetConfig], seed: int = 0):
+        self.cfg, self.datasets, self.seed = cfg, datasets, seed
         self.text = TextTokenizer(cfg.text)
         self.patchers = {
             "image": ImagePatcher(cfg.image),
@@ -39,11 +43,17 @@ class MultimodalTokenizer:
         return torch.tensor(ids, dtype=torch.long)
 
     def __call__(self, ex: Example) -> TokenSequence:
-        segments = [Segment("text", self.prompts[ex.dataset])]
-        for modality, value in ex.inputs.items():
-            data = self._ids(value) if modality == "text" else self.patchers[modality](value)
-            segments.append(Segment(modality, data))
-        # at most max_text_tokens - 1 ids, then EOS (as `_ids` counts: a limit of 0 means no limit)
-        ids = self.text.encode(ex.target)[: (self.cfg.max_text_tokens - 1) or self.cfg.max_text_tokens]
-        target = torch.tensor(ids + [EOS_ID], dtype=torch.long)
-        return TokenSequence(segments=segments, target=target, dataset=ex.dataset)
+        ds = self.datasets[ex.dataset]
+        inputs = [
+            Segment(modality, self._ids(value) if modality == "text" else self.patchers[modality](value))
+            for modality, value in ex.inputs.items()
+        ]
+        prompt = Segment("text", self.prompts[ex.dataset])
+        seed = mask_seed(self.seed, ex.dataset, ex.key, ex.epoch)
+        segments = lay_out(ds.objective, prompt, inputs, ds.objective_options.mask_ratio, seed)
+        target = torch.zeros(0, dtype=torch.long)
+        if ex.target is not None:
+            # at most max_text_tokens - 1 ids, then EOS (as `_ids` counts: a limit of 0 means no limit)
+            ids = self.text.encode(ex.target)[: (self.cfg.max_text_tokens - 1) or self.cfg.max_text_tokens]
+            target = torch.tensor(ids + [EOS_ID], dtype=torch.long)
+        return TokenSequence(segments=segments, target=target, dataset=ex.dataset, objective=ds.objective)

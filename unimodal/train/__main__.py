@@ -24,6 +24,7 @@ from unimodal.train.loop import train
 # Library deprecation notices that say nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*set_vital.*")
 warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")
+warnings.filterwarnings("ignore", message=".*torch.distributed.nn.functional.all_gather is deprecated.*")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

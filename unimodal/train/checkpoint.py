@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from unimodal.model import ModelConfig
 
 WEIGHTS, MODEL_CONFIG = "model.safetensors", "model.json"
+DONE = "done.json"  # written last by a stage that ran all its steps
 
 
 def tag(step: int) -> str:
@@ -30,9 +31,13 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, A
     engine.save_checkpoint(str(ckpt_dir), tag=tag(step), client_state=client_state)
 
 
+def has_checkpoint(ckpt_dir: Path) -> bool:
+    return (ckpt_dir / "latest").is_file()
+
+
 def load_latest(engine, ckpt_dir: Path) -> dict[str, Any] | None:
     """Load the newest checkpoint into `engine`; its client_state, or None if there is none."""
-    if not (ckpt_dir / "latest").is_file():
+    if not has_checkpoint(ckpt_dir):
         return None
     path, client_state = engine.load_checkpoint(str(ckpt_dir))
     if path is None:

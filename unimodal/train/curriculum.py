@@ -1,9 +1,12 @@
 """A curriculum: a family's stage recipes, run in order from one command.
 
 `curriculum.yaml` lists stage files (relative to itself). Every stage is
-validated before the first one starts. A stage whose `done.json` records all
-its steps is skipped; a stage with checkpoints resumes; `init_from: previous`
-becomes the previous stage's output directory (its `model.safetensors`).
+validated before the first one starts, including what `carry: optimizer` asks
+of the stage it starts from. Then, in order, a stage whose `done.json` records
+all its steps is skipped and its files are left alone; a stage with a
+checkpoint resumes from it; any other starts as its recipe says, with
+`init_from: previous` resolved to the previous stage's output directory.
+`--set` overrides apply to every stage.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from unimodal.config import Recipe, RecipeError, Strict, load_recipe, read_yaml
+from unimodal.train.checkpoint import DONE, has_checkpoint
 from unimodal.train.launch import run_stage
-from unimodal.train.loop import DONE
+from unimodal.train.start import check_carry, finished_layout, layout
 
 
 class CurriculumFile(Strict):
@@ -37,10 +41,13 @@ class Stage:
 
     @property
     def started(self) -> bool:
-        return (self.recipe.train.output_dir / "checkpoints" / "latest").is_file()
+        return has_checkpoint(self.recipe.train.output_dir / "checkpoints")
 
 
-def load_curriculum(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Stage]]:
+def load_curriculum(
+    path: str | Path, nproc: int, overrides: list[str] = (), check_files: bool = True
+) -> tuple[str, list[Stage]]:
+    """The curriculum's name and its stages, each validated (`check_files`: shards and tokenizer exist)."""
     path = Path(path)
     try:
         spec = CurriculumFile.model_validate(read_yaml(path))
@@ -50,24 +57,40 @@ def load_curriculum(path: str | Path, overrides: list[str] = ()) -> tuple[str, l
     stages: list[Stage] = []
     for rel in spec.stages:
         stage_path = path.parent / rel
-        recipe = load_recipe(stage_path, overrides)  # checks every file but a previous stage's weights
+        recipe = load_recipe(stage_path, overrides, check_files)  # all files but a previous stage's weights
         extra = list(overrides)
-        if recipe.init_from == "previous":
+        for other in stages:
+            if other.recipe.train.output_dir.resolve() == recipe.train.output_dir.resolve():
+                raise RecipeError(
+                    f"{stage_path}: train.output_dir {recipe.train.output_dir} is also {other.path}'s: "
+                    "each stage needs its own (a --set train.output_dir applies to every stage)"
+                )
+        from_previous = recipe.init_from == "previous"
+        if from_previous:
             if not stages:
                 raise RecipeError(f"{stage_path}: init_from: 'previous' in the first stage of {path}")
-            previous = str(stages[-1].recipe.train.output_dir)
-            extra.append(f"init_from={previous}")
-            recipe = recipe.model_copy(update={"init_from": previous})
-        stages.append(Stage(stage_path, recipe, extra))
+            source = str(stages[-1].recipe.train.output_dir)
+            extra.append(f"init_from={source}")
+            recipe = recipe.model_copy(update={"init_from": source})
+        stage = Stage(stage_path, recipe, extra)
+        if recipe.carry == "optimizer" and not (stage.done or stage.started):
+            # fail now, not after the stages before it have trained
+            if from_previous and not stages[-1].done:
+                found = layout(stages[-1].recipe, nproc)  # it will run here, on these ranks
+            else:
+                found = finished_layout(Path(recipe.init_from), str(stage_path))
+            check_carry(recipe, nproc, found, str(stage_path))
+        stages.append(stage)
     return spec.name, stages
 
 
 def run_curriculum(path: str | Path, nproc: int, overrides: list[str] = ()) -> list[Stage]:
-    name, stages = load_curriculum(path, overrides)
+    name, stages = load_curriculum(path, nproc, overrides)
     for i, stage in enumerate(stages, 1):
+        where = f"[unimodal] {name}: stage {i}/{len(stages)} {stage.recipe.name}"
         if stage.done:
-            print(f"[unimodal] {name}: stage {i}/{len(stages)} {stage.recipe.name} already done, skipped", flush=True)
+            print(f"{where} already done, skipped", flush=True)
             continue
-        print(f"[unimodal] {name}: stage {i}/{len(stages)} {stage.recipe.name}", flush=True)
+        print(f"{where}{', resuming from its latest checkpoint' if stage.started else ''}", flush=True)
         run_stage(stage.path, nproc, stage.overrides, resume=stage.started)
     return stages

@@ -52,7 +52,12 @@ def launch_env() -> dict[str, str]:
 
 def run_stage(recipe_path: str | Path, nproc: int, overrides: list[str], resume: bool) -> None:
     """Validate, then run one stage on `nproc` local ranks; raises if the ranks fail."""
-    load_recipe(recipe_path, overrides)
+    from unimodal.train.checkpoint import has_checkpoint  # these import deepspeed: not for every `unimodal` command
+    from unimodal.train.start import check_start
+
+    recipe = load_recipe(recipe_path, overrides)
+    if not (resume and has_checkpoint(recipe.train.output_dir / "checkpoints")):
+        check_start(recipe, nproc, str(recipe_path))
     cmd = launch_command(recipe_path, nproc, overrides, resume)
     result = subprocess.run(cmd, env=launch_env())
     if result.returncode != 0:

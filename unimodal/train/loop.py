@@ -25,12 +25,13 @@ from unimodal.model import UnifiedModel, count_parameters
 from unimodal.model.flops import batch_train_flops
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
-from unimodal.train.checkpoint import full_state_dict, load_latest, load_weights, save_checkpoint, save_weights
+from unimodal.train.balancer import Balancer
+from unimodal.train.checkpoint import DONE, full_state_dict, has_checkpoint, load_latest, save_checkpoint, save_weights
+from unimodal.train.comm import all_reduce_sum
 from unimodal.train.engine import build_engine, model_config
 from unimodal.train.metrics import MetricsLogger
 from unimodal.train.mfu import peak_flops
-
-DONE = "done.json"
+from unimodal.train.start import check_start, describe, init_weights, layout, load_optimizer_state
 
 
 class Window:
@@ -54,8 +55,7 @@ class Window:
         s[7 + n : 7 + 2 * n].index_add_(0, ds, torch.ones(len(ds), dtype=torch.float64))
 
     def record(self, step: int, lr: float, names: list[str], world: int, peak: float | None) -> dict:
-        sums = self.sums.clone()
-        dist.all_reduce(sums)
+        sums = all_reduce_sum(self.sums)
         elapsed = time.perf_counter() - self.start
         loss, steps, tokens, samples, padded, wait, flops = sums[:7].tolist()
         rec = {
@@ -131,19 +131,20 @@ def train(recipe: Recipe, resume: bool) -> dict:
     tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets)
     cfg = model_config(recipe, tokenizer.vocab_size, tokenizer.patch_dims)
     model = UnifiedModel(cfg)
-    if recipe.init_from:
-        state, prev_cfg = load_weights(Path(recipe.init_from))
-        if prev_cfg != cfg:
-            raise ValueError(f"init_from {recipe.init_from}: model config differs from this stage's")
-        model.load_state_dict(state)
+    resuming = resume and has_checkpoint(ckpt_dir)  # then everything comes from the stage's own checkpoint
+    if recipe.init_from and not resuming:
+        check_start(recipe, world, recipe.name)
+        init_weights(model, cfg, Path(recipe.init_from))
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
     engine = build_engine(recipe, model)
+    if recipe.carry == "optimizer" and not resuming:
+        load_optimizer_state(engine, Path(recipe.init_from))
     dtype = next(engine.module.parameters()).dtype
-    loader = build_train_loader(recipe, rank, world)
+    loader = build_train_loader(recipe, rank, world, engine.gradient_accumulation_steps())
     peak, peak_source = peak_flops(torch.device(engine.device), dtype)
 
     step = 0
-    client_state = load_latest(engine, ckpt_dir) if resume else None
+    client_state = load_latest(engine, ckpt_dir) if resuming else None
     if client_state is not None:
         step = int(client_state["step"])
         positions = client_state["loaders"]
@@ -151,13 +152,14 @@ def train(recipe: Recipe, resume: bool) -> dict:
             raise ValueError(f"{ckpt_dir}: saved by {len(positions)} ranks, resumed on {world}")
         loader.load_state_dict(positions[rank])
     counts = DataCounts(recipe, client_state["data"][rank] if client_state else None)
+    balancer = Balancer(recipe, loader, step, client_state["balance"][rank] if client_state else None)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         print(
             f"[unimodal] {recipe.name}: {n_params / 1e6:.2f}M parameters, "
             f"world size {world}, ZeRO stage {engine.zero_optimization_stage()}, "
-            f"{'resuming at step ' + str(step) if step else 'from step 0'}; MFU against {peak_source}",
+            f"{f'resuming at step {step}' if resuming else 'from step 0, ' + describe(recipe)}; MFU against {peak_source}",
             flush=True,
         )
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
@@ -176,25 +178,28 @@ def train(recipe: Recipe, resume: bool) -> dict:
             engine.backward(out["loss"])
             engine.step()
             window.add(out, batch, wait, batch_train_flops(cfg, batch))
+            balancer.add(batch["dataset"], out["sample_loss"])
         step += 1
+        balancer.step(step)
         logger.advance()
         if step % recipe.logging.every == 0 or step == recipe.train.steps:
             record = window.record(step, engine.get_lr()[0], names, world, peak) | counts.record()
+            record |= balancer.record(record)
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
             # DeepSpeed writes client_state from rank 0 only: it carries every rank's loader position
-            positions, data = [None] * world, [None] * world
+            positions, data, balance = [None] * world, [None] * world, [None] * world
             dist.all_gather_object(positions, loader.state_dict())
             dist.all_gather_object(data, counts.state_dict())
-            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loaders": positions, "data": data})
+            dist.all_gather_object(balance, balancer.state_dict())
+            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loaders": positions, "data": data, "balance": balance})
 
     state = full_state_dict(engine)
     done = {
         "stage": recipe.name,
         "steps": step,
-        "world_size": world,
-        "zero_stage": engine.zero_optimization_stage(),
+        **layout(recipe, world),  # world_size, zero_stage, precision: what carry: optimizer must match
         "tokens_per_s": sum(tokens_per_s) / max(1, len(tokens_per_s)),
         "seconds": time.perf_counter() - started,
         "steps_this_run": step - start_step,
