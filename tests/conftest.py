@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke"
@@ -28,6 +29,15 @@ def workspace(tmp_path_factory) -> Path:
     shards = [str(p) for p in sorted((root / "data" / "demo" / "train").glob("*.tar"))]
     train_text_tokenizer(shard_texts(shards), root / "runs" / "demo" / "tokenizer", vocab_size=256)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops run faster on one thread, and many times faster when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

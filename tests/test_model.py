@@ -6,6 +6,8 @@ import torch
 from unimodal.model import PRESETS, ModelConfig, UnifiedModel, count_parameters
 from unimodal.tokenize.sequence import IGNORE_INDEX, Segment, TokenSequence, collate, collate_rows
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 VOCAB, BOS, EOS = 64, 1, 2
 PATCH_DIMS = {"image": 12, "audio": 8, "video": 16}
 
@@ -38,15 +40,6 @@ def mixed_seqs(seed: int = 0) -> list[TokenSequence]:
 
 def batch_of(seqs: list[TokenSequence]) -> dict[str, torch.Tensor]:
     return collate(seqs, PATCH_DIMS, BOS)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run faster on one thread, and many times faster when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -96,8 +89,8 @@ def test_decoder_is_causal(model):
     dec_in = batch["dec_in"]
     changed = dec_in.clone()
     changed[:, 3] = (changed[:, 3] + 1) % VOCAB
-    before = model.decode(dec_in, memory, enc_mask)
-    after = model.decode(changed, memory, enc_mask)
+    before = model.lm_head(model.decoder_states(dec_in, memory, enc_mask))
+    after = model.lm_head(model.decoder_states(changed, memory, enc_mask))
     torch.testing.assert_close(after[:, :3], before[:, :3])
     assert not torch.allclose(after[:, 3], before[:, 3])
 

@@ -35,6 +35,8 @@ from unimodal.tokenize.sequence import MODALITIES, TokenSequence, collate_rows
 from unimodal.tokenize.text import BOS_ID
 from unimodal.train.launch import free_port
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 CAPTION, MLM, MIM, CONTRASTIVE, ITM = range(5)  # dataset indices in `recipe`, one per objective
 
 
@@ -70,15 +72,6 @@ def recipe(workspace) -> Recipe:
 @pytest.fixture(scope="module")
 def tokenizer(recipe) -> MultimodalTokenizer:
     return MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets, recipe.seed)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run faster on one thread, and many times faster when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def sequences(recipe: Recipe, tokenizer: MultimodalTokenizer, d: int, n: int) -> list[TokenSequence]:

@@ -142,20 +142,6 @@ class UnifiedModel(nn.Module):
         views = view_ids(batch)
         return self.encoder(self.drop(x), attention_mask(views, views)), batch["enc_sample"]
 
-    def decode(
-        self,
-        dec_in: torch.Tensor,
-        memory: torch.Tensor,
-        enc_sample: torch.Tensor,
-        dec_sample: torch.Tensor | None = None,
-        dec_positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Next-token logits [B, T, vocab] for every prefix of each sample's dec_in.
-
-        Without `dec_sample`, each row is one sample: the one its encoder row holds.
-        """
-        return self.lm_head(self.decoder_states(dec_in, memory, enc_sample, dec_sample, dec_positions))
-
     def decoder_states(
         self,
         dec_in: torch.Tensor,
@@ -164,7 +150,10 @@ class UnifiedModel(nn.Module):
         dec_sample: torch.Tensor | None = None,
         dec_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The decoder's final states [B, T, d], before the LM head (see `decode`)."""
+        """The decoder's final states [B, T, d] for every prefix of each sample's dec_in (logits: lm_head).
+
+        Without `dec_sample`, each row is one sample: the one its encoder row holds.
+        """
         if dec_sample is None:
             dec_sample = enc_sample[:, :1].expand(-1, dec_in.shape[1])
             dec_positions = torch.arange(dec_in.shape[1], device=dec_in.device)
@@ -246,7 +235,7 @@ class UnifiedModel(nn.Module):
         ids = torch.full((b, 1), bos_id, dtype=torch.long, device=memory.device)
         done = torch.zeros(b, dtype=torch.bool, device=memory.device)
         for _ in range(max_new_tokens):
-            nxt = self.decode(ids, memory, enc_sample)[:, -1].argmax(-1)
+            nxt = self.lm_head(self.decoder_states(ids, memory, enc_sample)[:, -1]).argmax(-1)
             nxt = nxt.masked_fill(done, 0)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             done |= nxt == eos_id
