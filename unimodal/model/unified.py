@@ -54,13 +54,14 @@ def pool_views(memory: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[to
     return means.view(n, 2, -1).to(memory.dtype), counts[: 2 * n].view(n, 2)
 
 
-def scored_items(batch: dict[str, torch.Tensor]) -> dict:
+def scored_items(batch: dict[str, torch.Tensor], gather_pairs: bool) -> dict:
     """What each encoder-only objective scores: flat [B * L] positions, patch rows, sample numbers.
 
     Found before the encoder runs: finding them waits for the device (a
     host sync), which here waits for the batch's copy only, not for the
-    encoder. The ranks' contrastive pair counts are gathered here too, as
-    every rank must agree on them, every step, whatever its batch holds.
+    encoder. With `gather_pairs`, the ranks' contrastive pair counts are
+    gathered here too, as every rank must agree on them, every step, whatever
+    its batch holds.
     """
     masked, modality = batch["enc_masked"].flatten(), batch["modality"].flatten()
     items: dict = {"mlm": (masked & (modality == TEXT)).nonzero().squeeze(1)}
@@ -70,7 +71,8 @@ def scored_items(batch: dict[str, torch.Tensor]) -> dict:
         items[f"rows_{m}"] = masked[of_m].nonzero().squeeze(1)  # the same patches as rows of patches_<m>
     items["contrastive"] = (batch["objective"] == CONTRASTIVE).nonzero().squeeze(1)
     items["itm"] = (batch["objective"] == ITM).nonzero().squeeze(1)
-    items["pair_counts"] = rank_counts(len(items["contrastive"]), masked.device)
+    n_pairs = len(items["contrastive"])
+    items["pair_counts"] = rank_counts(n_pairs, masked.device) if gather_pairs else [n_pairs]
     return items
 
 
@@ -112,6 +114,8 @@ class UnifiedModel(nn.Module):
         self.mask_emb = nn.Parameter(torch.zeros(d))  # what a masked token (mlm, mim) shows the encoder
         self.mim = MaskedPatchHead(d, cfg.patch_dims)
         self.contrastive = ContrastiveHead(d)
+        # a run without contrastive datasets sets this False (unimodal/train/loop.py): one collective a step less
+        self.gather_pairs = True
         self.itm = MatchHead(d)
         self.apply(self._init)
         nn.init.normal_(self.mask_emb, std=0.02)
@@ -171,7 +175,7 @@ class UnifiedModel(nn.Module):
         With several ranks, forward is collective: every rank calls it together
         (the ranks' contrastive pair counts are gathered at every call).
         """
-        items = scored_items(batch)
+        items = scored_items(batch, self.gather_pairs)
         memory, _ = self.encode(batch)
         terms = LossTerms(batch["dataset"].shape[0], memory.device)
         n_tokens = self._predict_tokens(batch, items, memory, terms)

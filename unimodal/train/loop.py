@@ -131,6 +131,7 @@ def train(recipe: Recipe, resume: bool) -> dict:
     tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets)
     cfg = model_config(recipe, tokenizer.vocab_size, tokenizer.patch_dims)
     model = UnifiedModel(cfg)
+    model.gather_pairs = any(ds.objective == "contrastive" for ds in recipe.data.datasets)
     resuming = resume and has_checkpoint(ckpt_dir)  # then everything comes from the stage's own checkpoint
     if recipe.init_from and not resuming:
         check_start(recipe, world, recipe.name)
