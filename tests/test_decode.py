@@ -11,7 +11,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from unimodal.config import TokenizerConfig, VideoTokens
+from unimodal.config import ImageTokens, TokenizerConfig, VideoTokens
 from unimodal.data.decode import BadSample, decode_field
 from unimodal.data.fields import DECODABLE
 
@@ -51,6 +51,22 @@ def test_images_round_trip_as_rgb():
     for ext in ("jpg", "jpeg"):
         got = decode_image(image_bytes(Image.fromarray(smooth), "JPEG", quality=95), ext)
         assert got.shape == smooth.shape and np.abs(got.astype(int) - smooth).mean() < 2
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpeg_decodes_as_pillow_does_at_full_and_reduced_scale(mode):
+    """libjpeg-turbo straight to an array gives Pillow's pixels; a JPEG >= 2x the recipe's size gives Pillow's draft."""
+    xs, ys = np.meshgrid(np.arange(300), np.arange(200))
+    rgb = np.stack([xs % 256, ys, (xs + ys) % 256], 2).astype(np.uint8)
+    data = image_bytes(Image.fromarray(rgb).convert(mode), "JPEG", quality=90)
+    tolerance = 1 if mode == "CMYK" else 0  # CMYK's conversion to RGB may round differently
+    for size, side in [(200, (200, 300)), (64, (100, 150)), (32, (50, 75)), (24, (25, 38))]:
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (size, size))
+        ref = np.asarray(img.convert("RGB")).astype(int)
+        got = decode_field({"jpg": data}, "jpg", "image", TOK.model_copy(update={"image": ImageTokens(size=size)}))
+        assert got.shape[:2] == side == ref.shape[:2] and got.dtype == np.uint8
+        assert np.abs(got - ref).max() <= tolerance
 
 
 @pytest.mark.parametrize("ext, fmt, subtype", [

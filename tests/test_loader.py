@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 import yaml
 from PIL import Image
@@ -151,3 +152,15 @@ def test_resampled_streams_differ_per_slot_and_epoch_mode_needs_enough_shards():
     assert a.order(3) == ShardStream(urls, slot=0, slots=4, **kw).order(3)  # deterministic
     with pytest.raises(ValueError, match="8 shards cannot be split over 16 loader slots"):
         ShardStream(urls, seed=1, slot=0, slots=16, resample=False, shuffle_buffer=0, on_broken=print)
+
+
+def test_a_worker_hands_over_the_batches_built_inline(in_workspace, tmp_path):
+    """Packed into one buffer per dtype in the worker and cut out again (transport.py): the same tensors."""
+    write_shards(tmp_path / "shards", "img")
+    shards = str(tmp_path / "shards/img-{000000..000007}.tar")
+    inline = load_recipe(image_recipe(tmp_path, [{"shards": shards}], workers=0))
+    worker = inline.model_copy(update={"data": inline.data.model_copy(update={"workers": 1})})
+    for a, b, _ in zip(build_train_loader(inline, 0), build_train_loader(worker, 0), range(4)):
+        assert a.keys() == b.keys() and a["meta"] == b["meta"]
+        for key in a.keys() - {"meta"}:
+            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape and torch.equal(a[key], b[key]), key

@@ -33,6 +33,7 @@ from unimodal.data.balance import MixBoard, MixPolicy
 from unimodal.data.mixing import cumulative, slot_sampler
 from unimodal.data.packing import fill_batch
 from unimodal.data.stream import ShardStream, stream_seed
+from unimodal.data.transport import pack, unpack
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import TokenSequence, collate_rows
@@ -78,7 +79,7 @@ class MixedBatches(IterableDataset):
     def _start(self) -> None:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        self.worker, self.workers = worker, workers
+        self.worker, self.workers, self.in_worker = worker, workers, info is not None
         slot, slots = self.rank * workers + worker, self.world * workers
         seed = self.recipe.seed
         self.tokenizer = MultimodalTokenizer(self.recipe.tokenizer, self.datasets, seed)
@@ -172,7 +173,14 @@ class MixedBatches(IterableDataset):
             "epochs": [raw["__epoch__"] for _, raw, _ in items],
             "skipped": skipped_between(self.datasets, start, self.position),
         }
-        return batch
+        return pack(batch) if self.in_worker else batch  # TrainLoader unpacks it on the trainer's side
+
+
+class TrainLoader(StatefulDataLoader):
+    """torchdata's StatefulDataLoader, its batches unpacked as they arrive (unimodal/data/transport.py)."""
+
+    def __iter__(self):
+        return map(unpack, super().__iter__())
 
 
 def skipped_between(datasets: list[DatasetConfig], start: dict[str, Any], end: dict[str, Any]) -> dict[str, int]:
@@ -191,7 +199,7 @@ def mix_lag(recipe: Recipe, accumulation: int) -> int:
     return -(-ahead // accumulation)
 
 
-def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1) -> StatefulDataLoader:
+def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1) -> TrainLoader:
     """This rank's loader; `world` ranks x `data.workers` workers share the shards.
 
     `accumulation` (micro-batches per step) maps batches to steps for the target mix.
@@ -211,7 +219,7 @@ def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: 
     board = None
     if s.strategy == "loss_aware":  # made before the workers start, so they share its memory
         board = MixBoard(len(recipe.data.datasets), mix_lag(recipe, accumulation), s.update_every)
-    return StatefulDataLoader(
+    return TrainLoader(
         MixedBatches(recipe, rank, world, accumulation, board),
         batch_size=None,
         num_workers=workers,

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
-from PIL import Image
 
 from unimodal.config import AudioTokens, ImageTokens, VideoTokens
 
@@ -39,11 +38,11 @@ class ImagePatcher:
         self.cfg = cfg
         self.dim = 3 * cfg.patch * cfg.patch
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 [H, W, 3] as the decoder made it -> uint8 [n_patches, 3 * patch * patch]."""
         size, p = self.cfg.size, self.cfg.patch
-        pixels = np.asarray(image)  # [H, W, 3] uint8, read-only: Pillow's bytes, not copied again
         if pixels.shape[:2] != (size, size):
-            pixels = resize_pixels(torch.from_numpy(pixels.copy()), size).numpy()
+            pixels = resize_pixels(torch.from_numpy(pixels), size).numpy()
         g = size // p
         # (row, py, col, px, rgb) -> (row, col, py, px, rgb): a patch is rows of p RGB pixels, each row
         # one contiguous run of the image (7x faster to gather than channels-outermost; the stem's

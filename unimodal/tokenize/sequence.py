@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from unimodal.config import OBJECTIVES
@@ -86,13 +87,13 @@ class TokenSequence:
         return self.target.shape[0]
 
 
-def _restarting_arange(lengths: torch.Tensor) -> torch.Tensor:
+def _restarting_arange(lengths: np.ndarray) -> np.ndarray:
     """0..n-1 for each n in `lengths`, concatenated: positions that restart at every sample."""
-    starts = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    return torch.arange(int(lengths.sum())) - starts
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.arange(int(lengths.sum())) - starts
 
 
-def _view_lengths(seqs: list[TokenSequence]) -> torch.Tensor:
+def _view_lengths(seqs: list[TokenSequence]) -> np.ndarray:
     """Tokens of each (sample, view) in turn: positions restart at each."""
     lengths: list[int] = []
     for seq in seqs:
@@ -102,7 +103,7 @@ def _view_lengths(seqs: list[TokenSequence]) -> torch.Tensor:
                 lengths.append(0)
                 view = seg.view
             lengths[-1] += len(seg)
-    return torch.tensor(lengths, dtype=torch.long)
+    return np.array(lengths, dtype=np.int64)
 
 
 def collate(
@@ -119,8 +120,10 @@ def collate_rows(
 
     A row of one sample is a padded batch; a row of several is a packed one,
     and `enc_sample`/`dec_sample` keep its samples apart in attention.
-    Per sample only lists are built; the tensors are filled once per batch
-    (row-major boolean-mask assignment places runs exactly as per-row slices would).
+    Per sample only lists are built; the index arrays are filled once per
+    batch (row-major boolean-mask assignment places runs exactly as per-row
+    slices would), in numpy, whose calls cost a fraction of torch's on
+    arrays this small, and become tensors without a copy.
 
     The tensors are built in ordinary memory on purpose. A DataLoader worker
     hands them over through shared memory, and the copy there happens in the
@@ -131,10 +134,10 @@ def collate_rows(
     """
     seqs = [s for row in rows for s in row]
     b = len(rows)
-    enc_row = torch.tensor([sum(s.enc_len for s in row) for row in rows], dtype=torch.long)
-    dec_row = torch.tensor([sum(s.dec_len for s in row) for row in rows], dtype=torch.long)
-    enc_lens = torch.tensor([s.enc_len for s in seqs], dtype=torch.long)
-    dec_lens = torch.tensor([s.dec_len for s in seqs], dtype=torch.long)
+    enc_row = np.array([sum(s.enc_len for s in row) for row in rows], dtype=np.int64)
+    dec_row = np.array([sum(s.dec_len for s in row) for row in rows], dtype=np.int64)
+    enc_lens = np.array([s.enc_len for s in seqs], dtype=np.int64)
+    dec_lens = np.array([s.dec_len for s in seqs], dtype=np.int64)
     enc_len, dec_len = max(int(enc_row.max()), min_enc_len), int(dec_row.max())
     codes: list[int] = []
     runs: list[int] = []
@@ -150,39 +153,36 @@ def collate_rows(
             masked.append(seg.masked)
             (text if seg.modality == "text" else patches[seg.modality]).append(seg.data)
 
-    ids = torch.arange(len(seqs))
-    enc_mask = torch.arange(enc_len) < enc_row[:, None]
-    modality = torch.zeros(b, enc_len, dtype=torch.long)
-    modality[enc_mask] = torch.repeat_interleave(torch.tensor(codes, dtype=torch.long), torch.tensor(runs, dtype=torch.long))
-    enc_ids = torch.zeros(b, enc_len, dtype=torch.long)
+    ids = np.arange(len(seqs))
+    enc_mask = np.arange(enc_len) < enc_row[:, None]
+    modality = np.zeros((b, enc_len), dtype=np.int64)
+    modality[enc_mask] = np.repeat(codes, runs)
+    enc_ids = np.zeros((b, enc_len), dtype=np.int64)
     if text:
-        enc_ids[modality == _CODE["text"]] = torch.cat(text).to(torch.long)
-    positions = torch.zeros(b, enc_len, dtype=torch.long)
+        enc_ids[modality == _CODE["text"]] = torch.cat(text).numpy()
+    positions = np.zeros((b, enc_len), dtype=np.int64)
     positions[enc_mask] = _restarting_arange(_view_lengths(seqs) if any(views) else enc_lens)
-    enc_sample = torch.full((b, enc_len), -1, dtype=torch.long)
-    enc_sample[enc_mask] = torch.repeat_interleave(ids, enc_lens)
-    enc_view = torch.zeros(b, enc_len, dtype=torch.long)
+    enc_sample = np.full((b, enc_len), -1, dtype=np.int64)
+    enc_sample[enc_mask] = np.repeat(ids, enc_lens)
+    enc_view = np.zeros((b, enc_len), dtype=np.int64)
     if any(views):
-        enc_view[enc_mask] = torch.repeat_interleave(torch.tensor(views), torch.tensor(runs, dtype=torch.long))
-    enc_masked = torch.zeros(b, enc_len, dtype=torch.bool)
+        enc_view[enc_mask] = np.repeat(views, runs)
+    enc_masked = np.zeros((b, enc_len), dtype=bool)
     if any(m is not None for m in masked):
-        none = torch.zeros(max(runs), dtype=torch.bool)
-        enc_masked[enc_mask] = torch.cat([none[:n] if m is None else m for m, n in zip(masked, runs)])
+        enc_masked[enc_mask] = np.concatenate([np.zeros(n, dtype=bool) if m is None else m.numpy() for m, n in zip(masked, runs)])
 
-    dec_mask = torch.arange(dec_len) < dec_row[:, None]
-    targets = [s.target.to(torch.long) for s in seqs if s.dec_len]  # seq2seq samples only
-    dec_out = torch.full((b, dec_len), IGNORE_INDEX, dtype=torch.long)
-    bos = torch.tensor([bos_id], dtype=torch.long)
-    dec_in = torch.zeros(b, dec_len, dtype=torch.long)
+    dec_mask = np.arange(dec_len) < dec_row[:, None]
+    targets = [s.target.numpy() for s in seqs if s.dec_len]  # seq2seq samples only
+    dec_out = np.full((b, dec_len), IGNORE_INDEX, dtype=np.int64)
+    dec_in = np.zeros((b, dec_len), dtype=np.int64)
     if targets:
-        dec_out[dec_mask] = torch.cat(targets)
-        dec_in[dec_mask] = torch.cat([t for target in targets for t in (bos, target[:-1])])
-    dec_positions = torch.zeros(b, dec_len, dtype=torch.long)
+        dec_out[dec_mask] = np.concatenate(targets)
+        dec_in[dec_mask] = np.concatenate([np.concatenate(([bos_id], target[:-1])) for target in targets])
+    dec_positions = np.zeros((b, dec_len), dtype=np.int64)
     dec_positions[dec_mask] = _restarting_arange(dec_lens)
-    dec_sample = torch.full((b, dec_len), -1, dtype=torch.long)
-    dec_sample[dec_mask] = torch.repeat_interleave(ids, dec_lens)
-    dataset = torch.tensor([s.dataset for s in seqs], dtype=torch.long)
-    batch = {
+    dec_sample = np.full((b, dec_len), -1, dtype=np.int64)
+    dec_sample[dec_mask] = np.repeat(ids, dec_lens)
+    arrays = {
         "enc_ids": enc_ids,
         "modality": modality,
         "positions": positions,
@@ -194,9 +194,10 @@ def collate_rows(
         "dec_out": dec_out,
         "dec_positions": dec_positions,
         "dec_sample": dec_sample,
-        "dataset": dataset,
-        "objective": torch.tensor([_OBJECTIVE[s.objective] for s in seqs], dtype=torch.long),
+        "dataset": np.array([s.dataset for s in seqs], dtype=np.int64),
+        "objective": np.array([_OBJECTIVE[s.objective] for s in seqs], dtype=np.int64),
     }
+    batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
     for m in PATCH_MODALITIES:
         rows = patches[m]
         if rows:
