@@ -62,7 +62,6 @@ class MixedBatches(IterableDataset):
         self.recipe, self.rank, self.world = recipe, rank, world
         self.accumulation, self.board = accumulation, board
         self.datasets: list[DatasetConfig] = recipe.data.datasets
-        self.position: dict[str, Any] | None = None  # committed: where the next batch starts
         self._restore: dict[str, Any] | None = None
         self.streams: list[ShardStream] | None = None
 
@@ -70,11 +69,16 @@ class MixedBatches(IterableDataset):
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return self.position if self.position is not None else self._restore or {}
+        """Where the next batch starts: asked for between batches, when the live state is exactly that.
+
+        Taken on demand, not after every batch: a position holds every shuffle
+        buffer's coordinates, and the loader asks for one every 32nd batch.
+        """
+        return self._snapshot() if self.streams is not None else self._restore or {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._restore = state or None
-        self.streams = self.position = None
+        self.streams = None
 
     def _start(self) -> None:
         info = get_worker_info()
@@ -112,7 +116,6 @@ class MixedBatches(IterableDataset):
         for d, coord in pending:
             coord = tuple(int(x) for x in coord)
             self._pending.append((d, self.streams[d].fetch([coord])[coord], None))
-        self.position = self._snapshot()
 
     def _snapshot(self) -> dict[str, Any]:
         return {
@@ -159,19 +162,18 @@ class MixedBatches(IterableDataset):
     def __next__(self) -> dict[str, Any]:
         if self.streams is None:
             self._start()
-        start = self.position
+        skipped_before = [dict(c) for c in self.skipped]
         step = (self.batches * self.workers + self.worker) // self.accumulation
         self._cum = cumulative(self.policy.target(step))
         data = self.recipe.data
         # samples set aside join self._pending: a later batch opens with them; they are part of the position
         packer, items = fill_batch(self._next_sample, self._pending, data.batch_tokens, data.pack_length)
         self.batches += 1
-        self.position = self._snapshot()
         batch = collate_rows(pair_negatives(packer.rows), self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
         batch["meta"] = {
             "keys": [f"{self.datasets[d].name}/{raw['__key__']}" for d, raw, _ in items],
             "epochs": [raw["__epoch__"] for _, raw, _ in items],
-            "skipped": skipped_between(self.datasets, start, self.position),
+            "skipped": skipped_between(self.datasets, skipped_before, self.skipped),
         }
         return pack(batch) if self.in_worker else batch  # TrainLoader unpacks it on the trainer's side
 
@@ -183,10 +185,10 @@ class TrainLoader(StatefulDataLoader):
         return map(unpack, super().__iter__())
 
 
-def skipped_between(datasets: list[DatasetConfig], start: dict[str, Any], end: dict[str, Any]) -> dict[str, int]:
-    """{"dataset/reason": n} skipped from position `start` to `end`."""
+def skipped_between(datasets: list[DatasetConfig], start: list[dict[str, int]], end: list[Counter]) -> dict[str, int]:
+    """{"dataset/reason": n} skipped between two readings of the per-dataset skip counts."""
     out = {}
-    for ds, before, after in zip(datasets, start["skipped"], end["skipped"]):
+    for ds, before, after in zip(datasets, start, end):
         for reason, n in after.items():
             if n - before.get(reason, 0):
                 out[f"{ds.name}/{reason}"] = n - before.get(reason, 0)
