@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from workspace import REPO, demo_workspace
+from workspace import REPO, demo_workspace, unimodal
 
 STRATEGIES = {
     "proportional": ["data.sampling.strategy=temperature", "data.sampling.temperature=1"],
@@ -36,14 +33,6 @@ STRATEGIES = {
 }
 SMALLEST = "moving-digits"
 VIDEO = 3  # its index in recipes/smoke/stage2.yaml
-
-
-def unimodal(*args: str) -> str:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_SILENT="true")
-    run = subprocess.run([sys.executable, "-m", "unimodal.cli", *args], env=env, capture_output=True, text=True)
-    if run.returncode:
-        sys.exit(f"unimodal {' '.join(args)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}")
-    return run.stdout
 
 
 def main() -> None:
@@ -75,7 +64,7 @@ def main() -> None:
                 flags = [a for s in sets for a in ("--set", s)]
                 unimodal("train", str(smoke / "stage2.yaml"), *common, *flags)
                 unimodal("eval", str(smoke / "stage2.yaml"), "--checkpoint", str(out), "--json", str(out / "eval.json"), *flags)
-                scores = {d: r["accuracy"] for d, r in json.loads((out / "eval.json").read_text()).items()}
+                scores = {d: r["metrics"]["exact_match"] for d, r in json.loads((out / "eval.json").read_text()).items()}
                 results[name][seed] = scores
                 print(f"{name:13} seed {seed}: " + "  ".join(f"{d} {a:.3f}" for d, a in scores.items())
                       + f"  ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -8,6 +8,7 @@ folder and run from there.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,3 +36,12 @@ def demo_workspace(scale: float = 0.1, vocab_size: int = 1024) -> Iterator[Path]
             yield ws
         finally:
             os.chdir(cwd)
+
+
+def unimodal(*args: str) -> str:
+    """Run the `unimodal` command (CPU accelerator, quiet wandb); its stdout, or exit with its output on failure."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_SILENT="true")
+    run = subprocess.run([sys.executable, "-m", "unimodal.cli", *args], env=env, capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"unimodal {' '.join(args)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}")
+    return run.stdout

@@ -31,6 +31,17 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_run(workspace) -> Path:
+    """A finished 2-rank ZeRO-2 run of the smoke stage 1: 4 steps, a record each, TensorBoard on, checkpoints at steps 2 and 4."""
+    out = workspace / "runs" / "tiny"
+    sets = ["train.steps=4", "train.checkpoint_every=2", "logging.every=1", "logging.tensorboard=true", "data.workers=0",
+            f"train.output_dir={out}"]
+    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
 @pytest.fixture
 def one_thread():
     """Tiny ops run faster on one thread, and many times faster when other jobs share the CPU."""
@@ -46,10 +57,15 @@ def in_workspace(workspace, monkeypatch) -> Path:
     return workspace
 
 
-def unimodal(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the `unimodal` command as a user would, capturing its output."""
+def unimodal_env() -> dict[str, str]:
+    """The environment tests run the `unimodal` command in: CPU, wandb offline and quiet."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def unimodal(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the `unimodal` command as a user would, capturing its output."""
     return subprocess.run(
-        [sys.executable, "-m", "unimodal.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "unimodal.cli", *args], cwd=cwd, env=unimodal_env(), capture_output=True, text=True, timeout=timeout
     )

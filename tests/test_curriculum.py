@@ -107,7 +107,7 @@ def test_a_curriculum_stopped_in_stage_2_resumes_there(run_a, root, workspace):
     shutil.copytree(a, b)
     shutil.rmtree(b / "checkpoints" / f"step{S2:08d}")
     (b / "checkpoints" / "latest").write_text(f"step{EVERY:08d}")
-    for name in ("done.json", "model.safetensors", "model.json"):
+    for name in ("done.json", "model.safetensors", "config.json"):
         (b / name).unlink()
     result = unimodal("curriculum", str(root / "b.yaml"), "--nproc", "2", cwd=workspace)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -20,7 +20,7 @@ def test_demo_runs_the_two_stage_curriculum_and_writes_a_summary(workspace):
     assert {n: d["modality"] for n, d in summary["datasets"].items()} == {
         "digit-captions": "image", "number-words": "text", "spoken-digits": "audio", "moving-digits": "video",
     }
-    assert all(0.0 <= d["accuracy"] <= 1.0 for d in summary["datasets"].values())
+    assert all(0.0 <= d["metrics"]["exact_match"] <= 1.0 for d in summary["datasets"].values())
     for line in ("dataset", "digit-captions", "moving-digits"):
         assert line in result.stdout
     for stage in ("stage1", "stage2"):

@@ -1,6 +1,8 @@
 """The `unimodal` command.
 
     unimodal data demo OUT_DIR               write the demo shards
+    unimodal data avmnist OUT_DIR            write the paired image + sound digits of recipes/osmd
+    unimodal data shifted OUT_DIR            the demo's digit scans inverted and noisy (recipes/adapt)
     unimodal data inspect SHARDS... [--json] [--samples] [--limit N]
     unimodal shards write (--manifest FILE.jsonl | --folder DIR) --out DIR
                           [--prefix NAME] [--max-count N] [--max-size 1G] [--workers K]
@@ -8,7 +10,9 @@
     unimodal train RECIPE [--nproc N] [--set F=V ...] [--resume]
     unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...]
     unimodal plan RECIPE_OR_CURRICULUM [--simulate N] [--json] [--nproc N] [--set F=V ...]
-    unimodal eval RECIPE --checkpoint STAGE_DIR [--json FILE]
+    unimodal eval RECIPE --checkpoint STAGE_DIR [--drop MODALITY ...] [--json FILE] [--set F=V ...]
+    unimodal export RUN_DIR OUT_DIR [--tag TAG]
+    unimodal report RUN_DIR                  plots (loss per task, mix, throughput) and a summary of metrics.jsonl
     unimodal demo                            all of the above on the demo data
 """
 
@@ -21,9 +25,10 @@ import time
 from pathlib import Path
 
 from unimodal.config import RecipeError, load_recipe
+from unimodal.data.fields import DECODABLE
 from unimodal.data.inspect import NoShards, format_report, inspect_shards, shard_urls
 from unimodal.data.write import ShardWriteError, folder_samples, manifest_samples, size_in_bytes, summary, write_shards
-from unimodal.train.launch import StageFailed
+from unimodal.train.launch import StageFailed, StageStopped
 
 DEMO_DATA, DEMO_RUNS, DEMO_CURRICULUM = Path("data/demo"), Path("runs/demo"), Path("recipes/smoke/curriculum.yaml")
 
@@ -32,6 +37,20 @@ def cmd_data_demo(args) -> None:
     from unimodal.data.demo import write_demo
 
     counts = write_demo(args.out_dir, scale=args.scale, seed=args.seed)
+    print(json.dumps(counts))
+
+
+def cmd_data_shifted(args) -> None:
+    from unimodal.data.shifted import write_shifted
+
+    print(json.dumps(write_shifted(args.out_dir, scale=args.scale, seed=args.seed, noise=args.noise)))
+
+
+def cmd_data_avmnist(args) -> None:
+    from unimodal.data.avmnist import write_avmnist
+
+    degradation = {k: v for k, v in (("noise", args.noise), ("occlusion", args.occlusion), ("copies", args.copies)) if v is not None}
+    counts = write_avmnist(args.out_dir, scale=args.scale, seed=args.seed, **degradation)
     print(json.dumps(counts))
 
 
@@ -74,19 +93,41 @@ def cmd_plan(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from unimodal.eval.exact_match import evaluate, format_table, load_model
+    from unimodal.eval.harness import evaluate, load_model
+    from unimodal.eval.report import format_table, log_to_run
 
     recipe = load_recipe(args.recipe, args.set)
-    results = evaluate(recipe, load_model(args.checkpoint))
+    results = evaluate(recipe, load_model(args.checkpoint), drop=args.drop)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if logged := log_to_run(args.checkpoint, recipe, results, args.drop):
+        print(f"logged to {' and '.join(logged)}")
+
+
+def cmd_export(args) -> None:
+    from unimodal.train.export import ExportError, export  # imports deepspeed: not for every `unimodal` command
+
+    try:
+        print(json.dumps(export(args.run, args.out_dir, args.tag)))
+    except ExportError as err:
+        fail(err)
+
+
+def cmd_report(args) -> None:
+    from unimodal.train.report import NoMetrics, report  # imports matplotlib: not for every `unimodal` command
+
+    try:
+        print(report(args.run)[0])
+    except NoMetrics as err:
+        fail(err)
 
 
 def cmd_demo(args) -> None:
     """Shards, tokenizer, a two-stage curriculum on `--nproc` ranks, evaluation, summary."""
     from unimodal.data.demo import write_demo
-    from unimodal.eval.exact_match import evaluate, format_table, load_model
+    from unimodal.eval.harness import evaluate, load_model
+    from unimodal.eval.report import format_table
     from unimodal.tokenize.text import shard_texts, train_text_tokenizer
     from unimodal.train.curriculum import run_curriculum
 
@@ -106,7 +147,7 @@ def cmd_demo(args) -> None:
         "world_size": done[-1]["world_size"],
         "zero_stage": done[-1]["zero_stage"],
         "stages": done,
-        "datasets": {n: {k: r[k] for k in ("modality", "task", "metric", "accuracy", "samples")} for n, r in results.items()},
+        "datasets": {n: {k: r[k] for k in ("modality", "task", "metrics", "samples")} for n, r in results.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     (DEMO_RUNS / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -131,6 +172,20 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--scale", type=float, default=1.0, help="multiply the default sample counts")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data_demo)
+    q = data.add_parser("avmnist", help="write AV-MNIST-style pairs: a degraded digit scan and its sound (train only), for OS-MD")
+    q.add_argument("out_dir", type=Path)
+    q.add_argument("--scale", type=float, default=1.0, help="fraction of the scans used")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--noise", type=float, help="image noise std, a fraction of the pixel range (default 0: none)")
+    q.add_argument("--occlusion", type=int, help="side of the black square hiding part of each scan, px (default 16)")
+    q.add_argument("--copies", type=int, help="times each train scan is written, degraded afresh (default 2)")
+    q.set_defaults(func=cmd_data_avmnist)
+    q = data.add_parser("shifted", help="write the demo's digit scans inverted and noisy, a new domain for recipes/adapt")
+    q.add_argument("out_dir", type=Path)
+    q.add_argument("--scale", type=float, default=1.0, help="fraction of the demo's scans")
+    q.add_argument("--seed", type=int, default=0, help="the demo's seed: the same train/test split of the scans")
+    q.add_argument("--noise", type=float, default=16.0, help="standard deviation of the pixel noise (0-255 scale)")
+    q.set_defaults(func=cmd_data_shifted)
     q = data.add_parser("inspect", help="read shards as training would: fields, decode failures, broken shards")
     q.add_argument("shards", nargs="+", help="shard paths, brace patterns, globs or URLs")
     q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -177,12 +232,24 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. train.steps=40")
     q.set_defaults(func=cmd_plan)
 
-    q = sub.add_parser("eval", help="a held-out metric per dataset (exact match for seq2seq) on its eval_shards")
+    q = sub.add_parser("eval", help="each dataset's held-out metrics (data.datasets.N.metrics) on its eval_shards")
     q.add_argument("recipe")
-    q.add_argument("--checkpoint", required=True, help="a stage's output dir (holding model.safetensors)")
+    q.add_argument("--checkpoint", required=True, type=Path, help="a stage's output dir or an exported model (holding model.safetensors)")
+    q.add_argument("--drop", action="append", default=[], choices=list(DECODABLE), metavar="MODALITY",
+                   help="leave this input modality out of every example (repeatable): missing-modality evaluation")
     q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     q.add_argument("--json", help="also write the results here")
     q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("export", help="consolidate a run's ZeRO checkpoint into a model that loads without DeepSpeed")
+    q.add_argument("run", type=Path, help="a run's output_dir, or its checkpoints/ directory (trusted: DeepSpeed unpickles it)")
+    q.add_argument("out_dir", type=Path, help="where model.safetensors, config.json, sp.model and tokenizer.json go")
+    q.add_argument("--tag", help="the checkpoint to export, e.g. step00000100 (default: the one `latest` names)")
+    q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("report", help="plot a run's metrics.jsonl (PNGs in RUN_DIR/plots) and summarise it (RUN_DIR/report.txt)")
+    q.add_argument("run", type=Path, help="a stage's output_dir")
+    q.set_defaults(func=cmd_report)
 
     q = sub.add_parser("demo", help="the whole flow on the demo data")
     q.add_argument("--curriculum", default=str(DEMO_CURRICULUM))
@@ -192,16 +259,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def fail(err: Exception) -> None:
+    """Input the command cannot use: the message (which names the file and field), status 2."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except (RecipeError, ShardWriteError, NoShards) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(err)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except StageStopped as err:  # preempted: a clean stop, not a failure
+        print(err, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from bisect import bisect_right
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import braceexpand
 import yaml
@@ -42,10 +42,51 @@ Objective = Literal["seq2seq", "mlm", "mim", "contrastive", "itm"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 MASK_RATIO = {"mlm": 0.15, "mim": 0.6}  # defaults: BERT's 15% of tokens, SimMIM's 60% of patches
 
+# Held-out metrics of `unimodal eval` (unimodal/eval/metrics.py), by the objectives that can report them:
+#   exact_match  seq2seq      the generated text equals the target, whitespace-normalised
+#   wer          seq2seq      word error rate: word edits over reference words, over the whole eval set
+#   bleu         seq2seq      sacreBLEU's corpus BLEU, 0-100
+#   accuracy     mlm, itm     masked text tokens predicted; matched and mismatched pairs told apart
+#   recall@K     contrastive  the true partner among the K most similar of the eval set (any K >= 1)
+# mim has none: a reconstruction error has no scale to read it on.
+Metric = Annotated[str, Field(pattern=r"^(exact_match|wer|bleu|accuracy|recall@[1-9][0-9]*)$")]
+OBJECTIVE_METRICS = {
+    "seq2seq": ("exact_match", "wer", "bleu"), "mlm": ("accuracy",), "mim": (), "contrastive": ("recall@K",), "itm": ("accuracy",)
+}
+DEFAULT_METRIC = {"seq2seq": "exact_match", "mlm": "accuracy", "itm": "accuracy", "contrastive": "recall@1"}
+
+
+def recall_k(metric: str) -> int | None:
+    """K of a `recall@K` metric, else None."""
+    return int(metric.removeprefix("recall@")) if metric.startswith("recall@") else None
+
+
+def metric_fits(metric: str, objective: str) -> bool:
+    return recall_k(metric) is not None if objective == "contrastive" else metric in OBJECTIVE_METRICS[objective]
+
 
 class ObjectiveOptions(Strict):
     # mlm: fraction of the text input's tokens masked; mim: of each image, audio or video input's patches
     mask_ratio: float | None = Field(None, gt=0, lt=1)
+
+
+class DistillOptions(Strict):
+    """OS-MD (recipes/osmd): how a dataset's privileged inputs teach the model that reads the others.
+
+    `tokens` stand-ins for the privileged inputs follow the ordinary ones; the
+    encoder turns them into hallucinated privileged features, which the decoder
+    reads with the ordinary features (the fusion). What a stage trains
+    (unimodal/model/distill.py):
+      joint        one stage: CE through ordinary + hallucinated features, CE through
+                   ordinary + real privileged features, and `weight` x distillation
+      hallucinate  two-stage baseline, stage 1: the real-privileged CE and the distillation
+      fuse         two-stage baseline, stage 2: CE through ordinary + hallucinated features
+                   alone (freeze what computes them with train.trainable)
+    """
+
+    train: Literal["joint", "hallucinate", "fuse"] = "joint"
+    tokens: int = Field(4, gt=0)
+    weight: float = Field(1.0, ge=0)  # lambda on the distillation loss
 
 
 class DatasetConfig(Strict):
@@ -57,6 +98,10 @@ class DatasetConfig(Strict):
     target: str | None = None  # the text the decoder writes: seq2seq only
     objective: Objective = "seq2seq"
     objective_options: ObjectiveOptions = Field(default_factory=ObjectiveOptions)
+    # inputs present in training only (OS-MD): held-out evaluation reads the others alone
+    privileged: list[str] = []
+    distill: DistillOptions = Field(default_factory=DistillOptions)  # with privileged inputs only
+    metrics: list[Metric] = []  # held-out metrics of `unimodal eval`; empty: the objective's default
     weight: float = Field(1.0, gt=0)
     prompt: str | None = None  # text put before the inputs; defaults to the task name
     # true: shards drawn with replacement, an endless stream per rank and worker (for mixing);
@@ -99,7 +144,41 @@ class DatasetConfig(Strict):
             raise ValueError(f"objective_options.mask_ratio: only for objectives {' and '.join(MASK_RATIO)}, not {o}")
         if o in MASK_RATIO and ratio is None:  # the default written out, so the run's saved recipe.yaml shows it
             self.objective_options = ObjectiveOptions(mask_ratio=MASK_RATIO[o])
+        wrong = [m for m in self.metrics if not metric_fits(m, o)]
+        if wrong:
+            raise ValueError(f"metrics: {', '.join(wrong)} not for objective {o} (it takes {', '.join(OBJECTIVE_METRICS[o]) or 'none'})")
+        if len(set(self.metrics)) < len(self.metrics):
+            raise ValueError(f"metrics: {self.metrics} names one twice")
+        if not self.metrics and o in DEFAULT_METRIC:  # written out too
+            self.metrics = [DEFAULT_METRIC[o]]
         return self
+
+    @model_validator(mode="after")
+    def _privileged_fits(self) -> DatasetConfig:
+        p = self.privileged
+        if not p:
+            if self.distill != DistillOptions():  # against the defaults: a saved recipe.yaml writes them out
+                raise ValueError("distill: only for datasets with privileged inputs")
+            return self
+        if self.objective != "seq2seq":
+            raise ValueError(f"privileged: only for objective seq2seq (the decoder fuses the features), not {self.objective}")
+        unknown = [m for m in p if m not in self.inputs]
+        if unknown:
+            raise ValueError(f"privileged: {', '.join(unknown)} not among the dataset's inputs ({', '.join(self.inputs)})")
+        if len(set(p)) != len(p):
+            raise ValueError(f"privileged: {p} names one twice")
+        if not self.ordinary_inputs:
+            raise ValueError("privileged: every input is privileged; at least one ordinary input must remain for test time")
+        return self
+
+    @property
+    def ordinary_inputs(self) -> dict[str, str]:
+        """The inputs held-out evaluation reads: all but the privileged ones."""
+        return {m: f for m, f in self.inputs.items() if m not in self.privileged}
+
+    def decoded_inputs(self, training: bool) -> dict[str, str]:
+        """What a sample is decoded with: privileged inputs in training only, and not in a stage that ignores them."""
+        return self.inputs if training and self.distill.train != "fuse" else self.ordinary_inputs
 
     @property
     def modality(self) -> str:
@@ -281,17 +360,36 @@ class TokenizerConfig(Strict):
     video: VideoTokens = VideoTokens()
 
 
+class AdapterConfig(Strict):
+    """Residual MLP per contrastive view on the pooled encoder states (unimodal/model/adapter.py)."""
+
+    dim: int = Field(64, gt=0)  # hidden width; per view 2 d dim + 3 d + dim parameters (d: d_model)
+
+
 class ModelSection(Strict):
     preset: str = "tiny"
     overrides: dict[str, Any] = {}  # any ModelConfig field, e.g. {d_model: 256}
+    adapter: AdapterConfig | None = None  # absent: no adapter
+
+
+# The model's parts by attribute name (unimodal/model/unified.py); lm_head is tok_emb's weight, tied.
+Module = Literal[
+    "tok_emb", "stems", "mod_emb", "enc_pos", "dec_pos", "encoder", "decoder", "mask_emb", "mim", "contrastive", "itm", "adapter"
+]
+MODULES: tuple[str, ...] = get_args(Module)
 
 
 class TrainConfig(Strict):
     steps: int = Field(gt=0)
+    # absent: every parameter trains; else only these modules do, the rest frozen and given no optimiser state
+    trainable: list[Module] | None = Field(None, min_length=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     checkpoint_every: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)  # the newest K complete checkpoints stay; older ones are deleted
+    # batches whose loss is NaN/inf on some rank are skipped (no backward, no step); past this many the run stops
+    max_nonfinite_steps: int = Field(10, ge=0)
     output_dir: Path
     max_new_tokens: int = Field(24, gt=0)  # greedy decoding length at evaluation
 
@@ -306,6 +404,7 @@ class WandbConfig(Strict):
 class LoggingConfig(Strict):
     every: int = Field(10, gt=0)
     wandb: WandbConfig = WandbConfig()
+    tensorboard: bool = False  # also write every record as scalars to output_dir/tensorboard
 
 
 class Recipe(Strict):
@@ -327,6 +426,12 @@ class Recipe(Strict):
     def _carry_needs_a_source(self) -> Recipe:
         if self.carry == "optimizer" and not self.init_from:
             raise ValueError("carry: 'optimizer' needs init_from, the run whose optimiser state to load")
+        return self
+
+    @model_validator(mode="after")
+    def _trainable_exists(self) -> Recipe:
+        if "adapter" in (self.train.trainable or []) and self.model.adapter is None:
+            raise ValueError("train.trainable: names adapter, but model.adapter is not set (e.g. model.adapter: {dim: 64})")
         return self
 
     @model_validator(mode="after")

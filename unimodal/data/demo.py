@@ -177,20 +177,25 @@ def spoken(word: str, rng: np.random.Generator) -> np.ndarray:
     return np.pad(wave, (onset, SAMPLE_RATE - len(wave) - onset))
 
 
+def digit_sound(digit: int, rng: np.random.Generator, speech: bool) -> tuple[bytes, str]:
+    """The digit as a 1 s 16 kHz WAV at a random level in white noise of random SNR, and its source."""
+    source = "espeak" if speech and rng.random() < 0.5 else "dtmf"
+    signal = spoken(WORDS[digit], rng) if source == "espeak" else dtmf(digit, rng)
+    signal = signal * rng.uniform(0.1, 0.8)
+    power = np.mean(signal[signal != 0] ** 2)  # while sounding, not over the silence
+    noise = rng.normal(0, np.sqrt(power / 10 ** (rng.uniform(5, 30) / 10)), SAMPLE_RATE)
+    wave = np.clip(signal + noise, -1, 1)
+    wav = io.BytesIO()
+    soundfile.write(wav, wave, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return wav.getvalue(), source
+
+
 def audio_samples(n: int, rng: np.random.Generator, speech: bool):
-    """Random digits as 1 s 16 kHz WAVs at a random level in white noise of random SNR."""
+    """Random digits as sound (`digit_sound`)."""
     for _ in range(n):
         digit = int(rng.integers(10))
-        source = "espeak" if speech and rng.random() < 0.5 else "dtmf"
-        signal = spoken(WORDS[digit], rng) if source == "espeak" else dtmf(digit, rng)
-        signal = signal * rng.uniform(0.1, 0.8)
-        power = np.mean(signal[signal != 0] ** 2)  # while sounding, not over the silence
-        noise = rng.normal(0, np.sqrt(power / 10 ** (rng.uniform(5, 30) / 10)), SAMPLE_RATE)
-        wave = np.clip(signal + noise, -1, 1)
-        wav = io.BytesIO()
-        soundfile.write(wav, wave, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-        label = {"label": digit, "source": source}
-        yield {"wav": wav.getvalue(), "txt": WORDS[digit], "json": label}
+        wav, source = digit_sound(digit, rng, speech)
+        yield {"wav": wav, "txt": WORDS[digit], "json": {"label": digit, "source": source}}
 
 
 def sliding(scan: np.ndarray, direction: str, rng: np.random.Generator) -> np.ndarray:

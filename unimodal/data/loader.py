@@ -20,6 +20,7 @@ recipe, world size and worker count.
 from __future__ import annotations
 
 import logging
+import signal
 from collections import Counter
 from typing import Any
 
@@ -201,6 +202,13 @@ def mix_lag(recipe: Recipe, accumulation: int) -> int:
     return -(-ahead // accumulation)
 
 
+def leave_stopping_to_the_trainer(_worker: int) -> None:
+    """SIGTERM or SIGUSR1 sent to every process of the job (SLURM does) must not kill a worker: the
+    trainer, told by the same signal, saves a checkpoint first (unimodal/train/guard.py), then ends its workers."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1) -> TrainLoader:
     """This rank's loader; `world` ranks x `data.workers` workers share the shards.
 
@@ -227,6 +235,7 @@ def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: 
         num_workers=workers,
         prefetch_factor=PREFETCH if workers else None,
         persistent_workers=False,
+        worker_init_fn=leave_stopping_to_the_trainer,
         # a worker sends its position with every 32nd batch, not every batch (the position of a
         # shuffle buffer is hundreds of coordinates); a restored loader replays the batches since
         # the last snapshot, which this deterministic pipeline rebuilds exactly

@@ -1,12 +1,12 @@
-"""Held-out metrics of the encoder-only objectives, each over one dataset's eval batches.
+"""What the model says on one dataset's eval batches, per objective, in the form its metrics take.
 
-    mlm          masked_token_accuracy  argmax of the tied LM head at masked text tokens
-    contrastive  recall_at_1            retrieval over the whole eval set, mean of both directions
-    itm          match_accuracy         matched and mismatched views told apart (logit > 0 means matched)
+    seq2seq      generated_texts     greedy decoding: (hypotheses, references)
+    mlm          masked_tokens       argmax of the tied LM head at masked text tokens: (predicted, true ids)
+    itm          match_predictions   matched and mismatched views (logit > 0 means matched): (said, truth)
+    contrastive  pair_similarities   cosine similarity of every first view to every second [N, N]
 
-mim has none here: a reconstruction error has no scale to read it on; its
-`loss/<dataset>` is logged in training. Each takes (batch, reference texts)
-pairs, as exact match does, and returns (metric, samples).
+mim has no held-out metric (see unimodal/config.py). Each takes (batch,
+reference texts) pairs; unimodal/eval/metrics.py scores what they return.
 """
 
 from __future__ import annotations
@@ -17,39 +17,42 @@ import torch
 
 from unimodal.model import UnifiedModel
 from unimodal.model.unified import TEXT, pool_views
+from unimodal.tokenize.text import BOS_ID, EOS_ID, TextTokenizer
 
 Batches = Iterable[tuple[dict[str, torch.Tensor], tuple]]
 
 
-def masked_token_accuracy(model: UnifiedModel, batches: Batches) -> tuple[float, int]:
-    correct = masked = samples = 0
+def generated_texts(model: UnifiedModel, batches: Batches, text: TextTokenizer, max_new_tokens: int) -> tuple[list[str], list[str]]:
+    hypotheses, references = [], []
+    for batch, refs in batches:
+        ids = model.generate(batch, BOS_ID, EOS_ID, max_new_tokens)
+        hypotheses += [text.decode(row) for row in ids.tolist()]
+        references += refs
+    return hypotheses, references
+
+
+def masked_tokens(model: UnifiedModel, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    predicted, truth = [], []
     for batch, _ in batches:
         memory, _ = model.encode(batch)
         at = batch["enc_masked"] & (batch["modality"] == TEXT)
-        correct += int((model.lm_head(memory[at]).argmax(-1) == batch["enc_ids"][at]).sum())
-        masked += int(at.sum())
-        samples += len(batch["dataset"])
-    return correct / max(masked, 1), samples
+        predicted.append(model.lm_head(memory[at]).argmax(-1))
+        truth.append(batch["enc_ids"][at])
+    return torch.cat(predicted), torch.cat(truth)
 
 
-def recall_at_1(model: UnifiedModel, batches: Batches) -> tuple[float, int]:
-    z = torch.cat([model.embed(batch) for batch, _ in batches])  # [N, 2, d]
-    sim = z[:, 0] @ z[:, 1].T
-    truth = torch.arange(len(z))
-    first_to_second = (sim.argmax(1) == truth).float().mean()
-    second_to_first = (sim.argmax(0) == truth).float().mean()
-    return float(first_to_second + second_to_first) / 2, len(z)
-
-
-def match_accuracy(model: UnifiedModel, batches: Batches) -> tuple[float, int]:
-    correct = views = samples = 0
+def match_predictions(model: UnifiedModel, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    said, truth = [], []
     for batch, _ in batches:
         memory, _ = model.encode(batch)
         pooled, sizes = pool_views(memory, batch)
-        said = model.itm.logits(pooled.flatten(0, 1)) > 0
-        matched = torch.tensor([True, False]).repeat(len(pooled))
         present = sizes.flatten() > 0  # a view dropped for want of a negative is not scored
-        correct += int((said == matched)[present].sum())
-        views += int(present.sum())
-        samples += len(pooled)
-    return correct / max(views, 1), samples
+        said.append((model.itm.logits(pooled.flatten(0, 1)) > 0)[present])
+        truth.append(torch.tensor([True, False]).repeat(len(pooled))[present])
+    return torch.cat(said), torch.cat(truth)
+
+
+def pair_similarities(model: UnifiedModel, batches: Batches) -> torch.Tensor:
+    """[N, N] over the whole eval set: row i is sample i's first view against every second view."""
+    z = torch.cat([model.embed(batch) for batch, _ in batches])  # [N, 2, d], unit vectors
+    return z[:, 0] @ z[:, 1].T

@@ -38,6 +38,7 @@ class ModelConfig(BaseModel):
     patch_dims: dict[str, int]  # flat patch size per entry of PATCH_MODALITIES
     dropout: float = 0.0
     activation_checkpointing: bool = False
+    adapter_dim: int | None = None  # hidden width of the contrastive views' adapters; None: none
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -14,14 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimodal.config import OBJECTIVES
+from unimodal.model.adapter import ViewAdapters
 from unimodal.model.config import ModelConfig
+from unimodal.model.distill import DistillPlan, distillation, teacher_targets
 from unimodal.model.heads import ContrastiveHead, MaskedPatchHead, MatchHead, rank_counts
 from unimodal.model.losses import LossTerms
 from unimodal.model.transformer import Stack, attention_mask
 from unimodal.tokenize.sequence import IGNORE_INDEX, MODALITIES, PATCH_MODALITIES
 
 TEXT = MODALITIES.index("text")
-CONTRASTIVE, ITM = OBJECTIVES.index("contrastive"), OBJECTIVES.index("itm")
+SEQ2SEQ, CONTRASTIVE, ITM = OBJECTIVES.index("seq2seq"), OBJECTIVES.index("contrastive"), OBJECTIVES.index("itm")
 DEC_PAD = {"dec_in": 0, "dec_out": IGNORE_INDEX, "dec_sample": -1, "dec_positions": 0}
 
 
@@ -64,7 +66,10 @@ def scored_items(batch: dict[str, torch.Tensor], gather_pairs: bool) -> dict:
     its batch holds.
     """
     masked, modality = batch["enc_masked"].flatten(), batch["modality"].flatten()
-    items: dict = {"mlm": (masked & (modality == TEXT)).nonzero().squeeze(1)}
+    # a masked token of a seq2seq sample is a hallucination token (OS-MD, unimodal/model/distill.py), not an mlm item
+    seq2seq = (batch["objective"] == SEQ2SEQ)[batch["enc_sample"].clamp(min=0)].flatten()
+    items: dict = {"mlm": (masked & (modality == TEXT) & ~seq2seq).nonzero().squeeze(1)}
+    items["hallucinated"] = (masked & seq2seq).view_as(batch["enc_masked"])
     for m in PATCH_MODALITIES:
         of_m = modality == MODALITIES.index(m)
         items[f"mim_{m}"] = (masked & of_m).nonzero().squeeze(1)
@@ -114,11 +119,17 @@ class UnifiedModel(nn.Module):
         self.mask_emb = nn.Parameter(torch.zeros(d))  # what a masked token (mlm, mim) shows the encoder
         self.mim = MaskedPatchHead(d, cfg.patch_dims)
         self.contrastive = ContrastiveHead(d)
+        # contrastive adaptation (unimodal/model/adapter.py): identity, no parameters, without one
+        self.adapter = ViewAdapters(d, cfg.adapter_dim) if cfg.adapter_dim else nn.Identity()
         # a run without contrastive datasets sets this False (unimodal/train/loop.py): one collective a step less
         self.gather_pairs = True
+        # OS-MD's terms per dataset, set from the recipe (unimodal/train/loop.py); None: no dataset learns from privileged inputs
+        self.distill: DistillPlan | None = None
         self.itm = MatchHead(d)
         self.apply(self._init)
         nn.init.normal_(self.mask_emb, std=0.02)
+        if cfg.adapter_dim:
+            self.adapter.reset_parameters()
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -179,6 +190,8 @@ class UnifiedModel(nn.Module):
         memory, _ = self.encode(batch)
         terms = LossTerms(batch["dataset"].shape[0], memory.device)
         n_tokens = self._predict_tokens(batch, items, memory, terms)
+        if self.distill is not None:
+            self._learn_from_privileged(batch, items, memory, terms)
         self._regress_patches(batch, items, memory, terms)
         self._compare_views(batch, items, memory, terms)
         return {"loss": terms.loss, "sample_loss": terms.sample_loss(), "n_tokens": n_tokens}
@@ -187,19 +200,33 @@ class UnifiedModel(nn.Module):
         """seq2seq (decoder states) and mlm (masked text tokens' encoder states): one pass through the tied LM head."""
         enc_sample = batch["enc_sample"]
         dec, span = decoder_inputs(batch)
-        states = self.decoder_states(
-            dec["dec_in"], memory[:, :span], enc_sample[:, :span], dec["dec_sample"], dec["dec_positions"]
-        )
+        read = torch.where(batch["enc_view"] == 0, enc_sample, -1)  # view 1 of a seq2seq sample: privileged, training only
+        states = self.decoder_states(dec["dec_in"], memory[:, :span], read[:, :span], dec["dec_sample"], dec["dec_positions"])
         at = items["mlm"]
         labels = torch.cat([dec["dec_out"].flatten(), batch["enc_ids"].flatten()[at]])
         owner = torch.cat([dec["dec_sample"].flatten(), enc_sample.flatten()[at]])
         owner = torch.where(labels != IGNORE_INDEX, owner, -1)
+        if self.distill is not None:  # a `hallucinate` stage trains no CE through the hallucinated features
+            student = self.distill.of_samples(batch["dataset"])[0]
+            owner = torch.where(student[owner.clamp(min=0)], owner, -1)
         logits = self.lm_head(torch.cat([states.flatten(0, 1), memory.flatten(0, 1)[at]]))
         ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
         k = states.shape[0] * states.shape[1]
         terms.add(ce[:k], owner[:k])
         terms.add(ce[k:], owner[k:])
         return (owner >= 0).sum()
+
+    def _learn_from_privileged(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> None:
+        """OS-MD's teacher CE (ordinary + real privileged features) and distillation (unimodal/model/distill.py)."""
+        _, teacher, weight = self.distill.of_samples(batch["dataset"])
+        dec, span = decoder_inputs(batch)
+        queries, owner = teacher_targets(dec, teacher)
+        read = torch.where(items["hallucinated"], -1, batch["enc_sample"])[:, :span]
+        states = self.decoder_states(dec["dec_in"], memory[:, :span], read, queries, dec["dec_positions"])
+        labels = dec["dec_out"].flatten()
+        ce = F.cross_entropy(self.lm_head(states.flatten(0, 1)).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        terms.add(ce, owner)
+        terms.add(*distillation(memory, batch, items["hallucinated"], weight))
 
     def _regress_patches(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> None:
         """mim: each masked patch's encoder state against its pixels."""
@@ -212,7 +239,8 @@ class UnifiedModel(nn.Module):
         """contrastive and itm, on each sample's two mean-pooled views."""
         pooled, sizes = pool_views(memory, batch)
         pairs = items["contrastive"]
-        terms.add(self.contrastive(pooled[pairs, 0], pooled[pairs, 1], items["pair_counts"]), pairs)
+        adapted = self.adapter(pooled[pairs])
+        terms.add(self.contrastive(adapted[:, 0], adapted[:, 1], items["pair_counts"]), pairs)
         itm = items["itm"]
         matched = torch.tensor([True, False], device=itm.device).repeat(len(itm))  # view 0 matched, view 1 not
         owner = torch.where(sizes[itm].flatten() > 0, itm.repeat_interleave(2), -1)  # a dropped negative has no tokens
@@ -222,7 +250,7 @@ class UnifiedModel(nn.Module):
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit vectors [N, 2, d] of each sample's two views, as the contrastive loss compares them."""
         memory, _ = self.encode(batch)
-        return self.contrastive.embed(pool_views(memory, batch)[0])
+        return self.contrastive.embed(self.adapter(pool_views(memory, batch)[0]))
 
     @torch.no_grad()
     def generate(

@@ -11,10 +11,13 @@ import torch
 
 from unimodal.config import DatasetConfig, TokenizerConfig
 from unimodal.data.decode import Example
-from unimodal.tokenize.objectives import lay_out, mask_seed
+from unimodal.tokenize.objectives import lay_out, mask_seed, with_privileged
 from unimodal.tokenize.patches import AudioPatcher, ImagePatcher, VideoPatcher
 from unimodal.tokenize.sequence import Segment, TokenSequence
 from unimodal.tokenize.text import EOS_ID, TextTokenizer
+
+
+NO_TARGET = torch.zeros(0, dtype=torch.long)  # shared, never written to: objectives other than seq2seq
 
 
 class MultimodalTokenizer:
@@ -29,6 +32,9 @@ class MultimodalTokenizer:
             "video": VideoPatcher(cfg.video),
         }
         self.prompts = [self._ids(ds.task_prompt) for ds in datasets]
+        mask_id = self.text.sp.piece_to_id("<mask>")
+        # OS-MD: the hallucination tokens of datasets with privileged inputs
+        self.slots = [torch.full((ds.distill.tokens,), mask_id, dtype=torch.long) for ds in datasets]
 
     @property
     def patch_dims(self) -> dict[str, int]:
@@ -50,8 +56,11 @@ class MultimodalTokenizer:
         ]
         prompt = Segment("text", self.prompts[ex.dataset])
         seed = mask_seed(self.seed, ex.dataset, ex.key, ex.epoch)
-        segments = lay_out(ds.objective, prompt, inputs, ds.objective_options.mask_ratio, seed)
-        target = torch.zeros(0, dtype=torch.long)
+        ordinary = [s for s in inputs if s.modality not in ds.privileged]
+        segments = lay_out(ds.objective, prompt, ordinary, ds.objective_options.mask_ratio, seed)
+        if ds.privileged:  # absent from held-out samples: then only the hallucination tokens stand in for them
+            segments = with_privileged(segments, [s for s in inputs if s.modality in ds.privileged], self.slots[ex.dataset])
+        target = NO_TARGET
         if ex.target is not None:
             # at most max_text_tokens - 1 ids, then EOS (as `_ids` counts: a limit of 0 means no limit)
             ids = self.text.encode(ex.target)[: (self.cfg.max_text_tokens - 1) or self.cfg.max_text_tokens]

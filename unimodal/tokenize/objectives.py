@@ -1,6 +1,7 @@
 """How each objective lays a sample out for the encoder (see `DatasetConfig.objective`).
 
-    seq2seq      [prompt, inputs...]; the decoder writes the target
+    seq2seq      [prompt, inputs...]; the decoder writes the target. With privileged inputs (OS-MD):
+                 view 0 [prompt, ordinary inputs..., hallucination tokens], view 1 [privileged inputs]
     mlm          [prompt, inputs...]; mask_ratio of the text input's tokens masked
     mim          [prompt, inputs...]; mask_ratio of each image, audio or video input's patches masked
     contrastive  view 0 [first input], view 1 [second input]: encoded apart
@@ -57,6 +58,20 @@ def lay_out(objective: str, prompt: Segment, inputs: list[Segment], mask_ratio: 
         maskable = [(s.modality == "text") == (objective == "mlm") for s in inputs]
         inputs = [replace(s, masked=random_mask(len(s), mask_ratio, gen)) if m else s for s, m in zip(inputs, maskable)]
     return [prompt, *inputs]
+
+
+def with_privileged(segments: list[Segment], privileged: list[Segment], slots: torch.Tensor) -> list[Segment]:
+    """OS-MD: a seq2seq sample's `segments` (view 0), then hallucination tokens, then its privileged inputs as view 1.
+
+    The hallucination tokens are `slots` (ids) masked: the model shows its mask
+    embedding there, told apart by position, and the encoder's states at them
+    are the hallucinated privileged features the decoder reads with the
+    ordinary ones (unimodal/model/distill.py). The privileged inputs, present
+    in training only, are encoded apart as a second view, so their features
+    are the privileged modality's alone: the distillation target.
+    """
+    hallucinated = Segment("text", slots, masked=torch.ones(len(slots), dtype=torch.bool))
+    return [*segments, hallucinated, *(replace(s, view=1) for s in privileged)]
 
 
 def pair_negatives(rows: list[list[TokenSequence]]) -> list[list[TokenSequence]]:

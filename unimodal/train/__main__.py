@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from unimodal.config import RecipeError, load_recipe
 from unimodal.data.loader import TooManyBadSamples
+from unimodal.train.guard import NonFiniteLoss
 from unimodal.train.loop import train
 
 
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         dist.destroy_process_group()
     except TooManyBadSamples as err:  # raised in a loader worker: its message carries the traceback
         print(f"error: {str(err).strip().splitlines()[-1].split('TooManyBadSamples: ')[-1]}", file=sys.stderr)
+        code = 1
+    except NonFiniteLoss as err:  # raised on every rank at once: they agree on it
+        if dist.get_rank() == 0:
+            print(f"error: {err}", file=sys.stderr)
         code = 1
     except Exception:
         traceback.print_exc()

@@ -37,6 +37,7 @@ class Balancer:
         if state:
             self.sums = torch.tensor(state["sums"], dtype=torch.float64)
             self.previous = np.array(state["previous"], dtype=np.float64)
+            self.target_sum, self.target_steps = np.array(state["target_sum"]), int(state["target_steps"])
             for apply_from, mix in state["live"]:
                 self._publish(apply_from, np.array(mix))
         if self.board is not None:
@@ -81,4 +82,10 @@ class Balancer:
         return rec
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.tolist(), "previous": self.previous.tolist(), "live": self.live}
+        return {
+            "sums": self.sums.tolist(),
+            "previous": self.previous.tolist(),
+            "live": self.live,
+            "target_sum": self.target_sum.tolist(),  # the log window's, so a resumed run logs the same mix_target
+            "target_steps": self.target_steps,
+        }

@@ -1,47 +1,102 @@
 """Checkpoints through DeepSpeed, and plain weights for the next stage and for eval.
 
-Resume state (model, optimiser, scheduler, loader and sampler positions) goes
-through DeepSpeed's own `save_checkpoint`/`load_checkpoint`, with our
-positions in `client_state`. At the end of a stage the full fp32 weights are
-also written as `model.safetensors` + `model.json`: the next curriculum stage
-and the evaluator load those safely, without DeepSpeed or pickle.
+Resume state (model, optimiser, scheduler, loader and sampler positions, RNG
+states) goes through DeepSpeed's own `save_checkpoint`/`load_checkpoint`, with
+ours in `client_state`. A checkpoint is complete or invisible: every rank
+writes its part under `.tmp-stepNNNNNNNN/`, then rank 0 renames the directory
+(atomic on one filesystem) and moves `latest` (itself written to a temporary
+file and renamed), so a run killed at any moment leaves `latest` naming a
+complete checkpoint; leftovers are removed by the next run. At the end of a stage the full fp32 weights are
+gathered here and written by `unimodal.pretrained` as `model.safetensors` +
+`config.json`: the next curriculum stage and the evaluator load those safely,
+without DeepSpeed or pickle.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
 
-from unimodal.model import ModelConfig
-
-WEIGHTS, MODEL_CONFIG = "model.safetensors", "model.json"
 DONE = "done.json"  # written last by a stage that ran all its steps
+LATEST = "latest"
+PARTIAL = ".tmp-"  # prefix of a checkpoint still being written
+TAG = re.compile(r"step(\d{8})")
 
 
 def tag(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> None:
-    engine.save_checkpoint(str(ckpt_dir), tag=tag(step), client_state=client_state)
+def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> None:
+    """Write step `step`'s checkpoint (all ranks call this); make it `latest`; keep the newest `keep`."""
+    final, partial = tag(step), PARTIAL + tag(step)
+    if dist.get_rank() == 0:
+        shutil.rmtree(ckpt_dir / partial, ignore_errors=True)  # left by a run killed while writing this step
+    # DeepSpeed holds every rank at a barrier before writing and after: on return every part is on disk
+    engine.save_checkpoint(str(ckpt_dir), tag=partial, client_state=client_state, save_latest=False)
+    if dist.get_rank() != 0:
+        return
+    for path in (ckpt_dir / partial).rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    _fsync(ckpt_dir / partial)
+    # a complete one that `latest` never named: its run was killed before moving `latest`
+    shutil.rmtree(ckpt_dir / final, ignore_errors=True)
+    os.replace(ckpt_dir / partial, ckpt_dir / final)
+    _fsync(ckpt_dir)
+    pointer = ckpt_dir / (PARTIAL + LATEST)
+    pointer.write_text(final)
+    _fsync(pointer)
+    os.replace(pointer, ckpt_dir / LATEST)
+    _fsync(ckpt_dir)
+    older = sorted(s for s in saved_steps(ckpt_dir) if s < step)
+    later = [s for s in saved_steps(ckpt_dir) if s > step]  # an earlier run's, no longer reachable from `latest`
+    for old in later + older[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(ckpt_dir / tag(old))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def saved_steps(ckpt_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints in `ckpt_dir` (named stepNNNNNNNN)."""
+    found = (TAG.fullmatch(p.name) for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else ()
+    return [int(m.group(1)) for m in found if m]
+
+
+def remove_partial(ckpt_dir: Path) -> None:
+    """Delete what a run killed while saving left behind (rank 0, before its first save)."""
+    for path in ckpt_dir.glob(PARTIAL + "*") if ckpt_dir.is_dir() else ():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def has_checkpoint(ckpt_dir: Path) -> bool:
-    return (ckpt_dir / "latest").is_file()
+    return (ckpt_dir / LATEST).is_file()
 
 
 def load_latest(engine, ckpt_dir: Path) -> dict[str, Any] | None:
-    """Load the newest checkpoint into `engine`; its client_state, or None if there is none."""
+    """Load the checkpoint `latest` names into `engine`; its client_state, or None if there is none."""
     if not has_checkpoint(ckpt_dir):
         return None
-    path, client_state = engine.load_checkpoint(str(ckpt_dir))
+    name = (ckpt_dir / LATEST).read_text().strip()
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=name)
     if path is None:
-        raise RuntimeError(f"{ckpt_dir}: 'latest' names a checkpoint that could not be loaded")
+        raise RuntimeError(f"{ckpt_dir}: 'latest' names {name!r}, a checkpoint that could not be loaded")
     return client_state
 
 
@@ -52,16 +107,3 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
     with deepspeed.zero.GatheredParameters(params, enabled=engine.zero_optimization_stage() == 3):
         return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
 
-
-def save_weights(out_dir: Path, state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(out_dir / WEIGHTS)
-    (out_dir / MODEL_CONFIG).write_text(cfg.model_dump_json(indent=2))
-
-
-def load_weights(src_dir: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    src_dir = Path(src_dir)
-    cfg = ModelConfig.model_validate(json.loads((src_dir / MODEL_CONFIG).read_text()))
-    return load_file(str(src_dir / WEIGHTS)), cfg

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 
 from unimodal.config import Recipe, RecipeError, Strict, load_recipe, read_yaml
 from unimodal.train.checkpoint import DONE, has_checkpoint
-from unimodal.train.launch import run_stage
+from unimodal.train.launch import StageStopped, run_stage
 from unimodal.train.start import check_carry, finished_layout, layout
 
 
@@ -93,4 +93,6 @@ def run_curriculum(path: str | Path, nproc: int, overrides: list[str] = ()) -> l
             continue
         print(f"{where}{', resuming from its latest checkpoint' if stage.started else ''}", flush=True)
         run_stage(stage.path, nproc, stage.overrides, resume=stage.started)
+        if not stage.done:  # its ranks were told to stop, and saved a checkpoint: the next stages wait
+            raise StageStopped(f"{where} stopped before its last step; run the curriculum again to resume it")
     return stages

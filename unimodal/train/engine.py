@@ -19,7 +19,8 @@ from unimodal.model import ModelConfig, UnifiedModel
 
 
 def model_config(recipe: Recipe, vocab_size: int, patch_dims: dict[str, int]) -> ModelConfig:
-    return ModelConfig.from_preset(recipe.model.preset, vocab_size, patch_dims, **recipe.model.overrides)
+    adapter = {"adapter_dim": recipe.model.adapter.dim} if recipe.model.adapter else {}
+    return ModelConfig.from_preset(recipe.model.preset, vocab_size, patch_dims, **(adapter | recipe.model.overrides))
 
 
 def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
@@ -55,8 +56,9 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
 
 
 def build_engine(recipe: Recipe, model: UnifiedModel):
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # frozen ones get no optimiser state
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.train.lr,

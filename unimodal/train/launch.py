@@ -1,16 +1,25 @@
-"""`unimodal train RECIPE --nproc N`: validate here, then start N ranks with DeepSpeed's launcher.
+"""`unimodal train RECIPE --nproc N`: validate here, then start N ranks on this machine.
 
 Validation happens in this process, before any rank starts, so a broken
 recipe fails in a second with a message naming the file and the field.
 On a machine without CUDA, DeepSpeed's CPU accelerator and gloo are used.
+
+The ranks are started here, with the environment `deepspeed.init_distributed`
+reads (as DeepSpeed's and torch's launchers do), rather than through
+DeepSpeed's launcher: that one answers SIGTERM by terminating every process
+under it and exiting 1, and dies of SIGUSR1. Here SIGTERM and SIGUSR1 are
+passed on to the ranks, which save a checkpoint and exit 0 (a clean stop, not
+a failure); when a rank fails, the others, left waiting in a collective, are killed.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,20 +31,19 @@ class StageFailed(RuntimeError):
     """The ranks of a stage exited with an error (their output says why)."""
 
 
+class StageStopped(Exception):
+    """A stage's ranks saved a checkpoint and exited on SIGTERM/SIGUSR1 before its last step."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def launch_command(recipe_path: str | Path, nproc: int, overrides: list[str], resume: bool) -> list[str]:
-    cmd = [
-        sys.executable, "-m", "deepspeed.launcher.runner",
-        "--num_gpus", str(nproc),
-        "--master_port", str(free_port()),
-        "--module", "unimodal.train",
-        str(recipe_path),
-    ]
+def launch_command(recipe_path: str | Path, overrides: list[str], resume: bool) -> list[str]:
+    """What every rank runs."""
+    cmd = [sys.executable, "-u", "-m", "unimodal.train", str(recipe_path)]
     for item in overrides:
         cmd += ["--set", item]
     if resume:
@@ -50,6 +58,48 @@ def launch_env() -> dict[str, str]:
     return env
 
 
+def run_ranks(cmd: list[str], nproc: int) -> int:
+    """Run `cmd` as ranks 0..nproc-1 of one job; their exit status (the first failure's, else 0)."""
+    port = free_port()
+    env = launch_env() | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc)}
+    ranks = [subprocess.Popen(cmd, env=env | {"RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
+
+    def forward(signum: int, _frame) -> None:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.send_signal(signum)
+
+    before = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        while True:
+            codes = [rank.poll() for rank in ranks]
+            failed = [code for code in codes if code]
+            if failed:
+                for rank in ranks:
+                    if rank.poll() is None:
+                        rank.kill()
+                    rank.wait()
+                return failed[0]
+            if all(code == 0 for code in codes):
+                return 0
+            time.sleep(0.2)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        remove_shm_buffers("127.0.0.1", port)
+
+
+def remove_shm_buffers(addr: str, port: int) -> None:
+    """Unlink the job's DeepSpeed CPU all-reduce buffers, which a killed rank leaves in /dev/shm.
+
+    Each rank of a CPU job creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>
+    (megabytes each) and unlinks it only on a clean exit: left behind by every
+    crashed or killed rank, they fill the machine's memory run after run.
+    """
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_*"):
+        path.unlink(missing_ok=True)
+
+
 def run_stage(recipe_path: str | Path, nproc: int, overrides: list[str], resume: bool) -> None:
     """Validate, then run one stage on `nproc` local ranks; raises if the ranks fail."""
     from unimodal.train.checkpoint import has_checkpoint  # these import deepspeed: not for every `unimodal` command
@@ -58,7 +108,6 @@ def run_stage(recipe_path: str | Path, nproc: int, overrides: list[str], resume:
     recipe = load_recipe(recipe_path, overrides)
     if not (resume and has_checkpoint(recipe.train.output_dir / "checkpoints")):
         check_start(recipe, nproc, str(recipe_path))
-    cmd = launch_command(recipe_path, nproc, overrides, resume)
-    result = subprocess.run(cmd, env=launch_env())
-    if result.returncode != 0:
-        raise StageFailed(f"{recipe_path}: training exited with status {result.returncode}")
+    code = run_ranks(launch_command(recipe_path, overrides, resume), nproc)
+    if code != 0:
+        raise StageFailed(f"{recipe_path}: training exited with status {code}")

@@ -3,7 +3,11 @@
 Launched once per rank by `deepspeed`, `torchrun` or SLURM (see
 `unimodal.train.__main__`). Each step pulls a ready batch from the loader,
 runs DeepSpeed's forward/backward/step, and every `logging.every` steps
-all-reduces the window's sums so rank 0 can log global numbers.
+all-reduces the window's sums so rank 0 can log global numbers. Before each
+backward pass the ranks agree whether to skip the batch (a non-finite loss)
+and whether a stop signal came (unimodal/train/guard.py); a stopped run saves
+a checkpoint and returns None. A checkpoint holds everything the steps after
+it depend on, so a resumed run logs, on CPU, exactly the uninterrupted run's losses.
 """
 
 from __future__ import annotations
@@ -22,15 +26,21 @@ from unimodal.config import Recipe, expand_shards
 from unimodal.data.index import shard_samples
 from unimodal.data.loader import build_train_loader
 from unimodal.model import UnifiedModel, count_parameters
+from unimodal.model.distill import DistillPlan
 from unimodal.model.flops import batch_train_flops
+from unimodal.pretrained import save_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
 from unimodal.train.balancer import Balancer
-from unimodal.train.checkpoint import DONE, full_state_dict, has_checkpoint, load_latest, save_checkpoint, save_weights
+from unimodal.train.checkpoint import DONE, full_state_dict, has_checkpoint, load_latest, remove_partial, save_checkpoint
 from unimodal.train.comm import all_reduce_sum
 from unimodal.train.engine import build_engine, model_config
+from unimodal.train.freeze import freeze_all_but
+from unimodal.train.guard import StepGuard
+from unimodal.train.memory import peak_memory_mib
 from unimodal.train.metrics import MetricsLogger
 from unimodal.train.mfu import peak_flops
+from unimodal.train.rng import rng_state, set_rng_state
 from unimodal.train.start import check_start, describe, init_weights, layout, load_optimizer_state
 
 
@@ -78,6 +88,12 @@ class Window:
         self.reset()
         return rec
 
+    def state_dict(self) -> list[float]:
+        return self.sums.tolist()
+
+    def load_state_dict(self, sums: list[float]) -> None:
+        self.sums = torch.tensor(sums, dtype=torch.float64)
+
 
 def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return {
@@ -119,8 +135,9 @@ class DataCounts:
         return rec
 
 
-def train(recipe: Recipe, resume: bool) -> dict:
-    """Train one stage; returns the final record (also written to `done.json`)."""
+def train(recipe: Recipe, resume: bool) -> dict | None:
+    """Train one stage; returns the final record (also written to `done.json`), or None if stopped by a signal."""
+    guard = StepGuard(recipe.name, recipe.train.max_nonfinite_steps)  # first: a stop signal must not kill the rank
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     out_dir = recipe.train.output_dir
@@ -132,11 +149,13 @@ def train(recipe: Recipe, resume: bool) -> dict:
     cfg = model_config(recipe, tokenizer.vocab_size, tokenizer.patch_dims)
     model = UnifiedModel(cfg)
     model.gather_pairs = any(ds.objective == "contrastive" for ds in recipe.data.datasets)
+    model.distill = DistillPlan.of(recipe.data.datasets)
     resuming = resume and has_checkpoint(ckpt_dir)  # then everything comes from the stage's own checkpoint
     if recipe.init_from and not resuming:
         check_start(recipe, world, recipe.name)
         init_weights(model, cfg, Path(recipe.init_from))
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
+    n_trainable = freeze_all_but(model, recipe.train.trainable)
     engine = build_engine(recipe, model)
     if recipe.carry == "optimizer" and not resuming:
         load_optimizer_state(engine, Path(recipe.init_from))
@@ -144,57 +163,80 @@ def train(recipe: Recipe, resume: bool) -> dict:
     loader = build_train_loader(recipe, rank, world, engine.gradient_accumulation_steps())
     peak, peak_source = peak_flops(torch.device(engine.device), dtype)
 
-    step = 0
+    step, mine = 0, None  # mine: this rank's part of the checkpoint
     client_state = load_latest(engine, ckpt_dir) if resuming else None
     if client_state is not None:
-        step = int(client_state["step"])
-        positions = client_state["loaders"]
-        if len(positions) != world:
-            raise ValueError(f"{ckpt_dir}: saved by {len(positions)} ranks, resumed on {world}")
-        loader.load_state_dict(positions[rank])
-    counts = DataCounts(recipe, client_state["data"][rank] if client_state else None)
-    balancer = Balancer(recipe, loader, step, client_state["balance"][rank] if client_state else None)
+        step, guard.skipped = int(client_state["step"]), int(client_state["skipped_nonfinite"])
+        if len(client_state["ranks"]) != world:
+            raise ValueError(f"{ckpt_dir}: saved by {len(client_state['ranks'])} ranks, resumed on {world}")
+        mine = client_state["ranks"][rank]
+        loader.load_state_dict(mine["loader"])
+    counts = DataCounts(recipe, mine["data"] if mine else None)
+    balancer = Balancer(recipe, loader, step, mine["balance"] if mine else None)
     if rank == 0:
+        remove_partial(ckpt_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         print(
-            f"[unimodal] {recipe.name}: {n_params / 1e6:.2f}M parameters, "
+            f"[unimodal] {recipe.name}: {n_params / 1e6:.2f}M parameters "
+            f"({n_trainable:,} trainable, {n_trainable / n_params:.2%}), "
             f"world size {world}, ZeRO stage {engine.zero_optimization_stage()}, "
             f"{f'resuming at step {step}' if resuming else 'from step 0, ' + describe(recipe)}; MFU against {peak_source}",
             flush=True,
         )
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
     window = Window(len(names))
-    batches = iter(loader)
+    batches = iter(loader)  # draws the workers' seeds from torch's generator: before its state is restored
+    if mine:
+        window.load_state_dict(mine["window"])
+        set_rng_state(mine["rng"])
     started, start_step = time.perf_counter(), step
     tokens_per_s = []
-    while step < recipe.train.steps:
-        for _ in range(engine.gradient_accumulation_steps()):
+    while step < recipe.train.steps and not guard.stop:
+        trained = 0
+        while trained < engine.gradient_accumulation_steps():
             t0 = time.perf_counter()
             batch = next(batches)
             counts.add(batch.pop("meta"))
             batch = to_device(batch, engine.device, dtype)
             wait = time.perf_counter() - t0
             out = engine(batch)
+            if guard.skip(out["loss"], step + 1):
+                continue
             engine.backward(out["loss"])
             engine.step()
             window.add(out, batch, wait, batch_train_flops(cfg, batch))
             balancer.add(batch["dataset"], out["sample_loss"])
+            trained += 1
         step += 1
         balancer.step(step)
         logger.advance()
         if step % recipe.logging.every == 0 or step == recipe.train.steps:
             record = window.record(step, engine.get_lr()[0], names, world, peak) | counts.record()
             record |= balancer.record(record)
+            record["peak_memory_mib"] = peak_memory_mib(torch.device(engine.device))[0]  # rank 0's, the logging rank
+            record["skipped_nonfinite"] = guard.skipped
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
-        if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
-            # DeepSpeed writes client_state from rank 0 only: it carries every rank's loader position
-            positions, data, balance = [None] * world, [None] * world, [None] * world
-            dist.all_gather_object(positions, loader.state_dict())
-            dist.all_gather_object(data, counts.state_dict())
-            dist.all_gather_object(balance, balancer.state_dict())
-            save_checkpoint(engine, ckpt_dir, step, {"step": step, "loaders": positions, "data": data, "balance": balance})
+        if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps or guard.stop:
+            # DeepSpeed writes client_state from rank 0 only: it carries every rank's part
+            ranks = [None] * world
+            part = {
+                "loader": loader.state_dict(), "data": counts.state_dict(), "balance": balancer.state_dict(),
+                "window": window.state_dict(), "rng": rng_state(),
+            }
+            dist.all_gather_object(ranks, part)
+            client = {"step": step, "skipped_nonfinite": guard.skipped, "ranks": ranks}
+            save_checkpoint(engine, ckpt_dir, step, client, recipe.train.keep_checkpoints)
+    if step < recipe.train.steps:
+        if rank == 0:
+            print(
+                f"[unimodal] {recipe.name}: stopped by a signal at step {step}, checkpoint saved; "
+                "run it again with --resume to go on",
+                flush=True,
+            )
+        logger.close()
+        return None
 
     state = full_state_dict(engine)
     done = {
@@ -204,7 +246,10 @@ def train(recipe: Recipe, resume: bool) -> dict:
         "tokens_per_s": sum(tokens_per_s) / max(1, len(tokens_per_s)),
         "seconds": time.perf_counter() - started,
         "steps_this_run": step - start_step,
+        "parameters": n_params,
+        "trainable_parameters": n_trainable,
     }
+    done["peak_memory_mib"], done["peak_memory_of"] = peak_memory_mib(torch.device(engine.device))
     if rank == 0:
         save_weights(out_dir, state, cfg)
         (out_dir / DONE).write_text(json.dumps(done, indent=2))

@@ -1,8 +1,10 @@
-"""Where training numbers go: wandb, `metrics.jsonl`, and a progress bar (rank 0 only).
+"""Where training numbers go: wandb, TensorBoard if asked, `metrics.jsonl`, and a progress bar (rank 0 only).
 
-wandb is the dashboard (offline unless the user has an API key); the JSON
-lines file holds the same records for scripts and tests. On resume, records
-after the resumed step are dropped so the file reads as one uninterrupted run.
+wandb is the dashboard (offline unless the user has an API key); TensorBoard
+(`logging.tensorboard`) serves those who run their own; the JSON lines file
+holds the same records for scripts, tests and `unimodal report`. On resume,
+records after the resumed step are dropped (purged, in TensorBoard) so each
+reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import wandb
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from unimodal.config import Recipe
@@ -45,6 +48,9 @@ class MetricsLogger:
             dir=str(out),
             config=recipe.model_dump(mode="json"),
         )
+        self.tensorboard = None
+        if recipe.logging.tensorboard:
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
         self.bar = tqdm(total=recipe.train.steps, initial=resumed_step, desc=recipe.name, unit="step", dynamic_ncols=True)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -53,6 +59,11 @@ class MetricsLogger:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         self.run.log(record, step=record["step"])
+        if self.tensorboard:
+            for key, value in record.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(key, value, record["step"])
+            self.tensorboard.flush()
         self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
 
     def advance(self) -> None:
@@ -64,6 +75,8 @@ class MetricsLogger:
             self.bar.close()
             self.file.close()
             self.run.finish()
+            if self.tensorboard:
+                self.tensorboard.close()
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

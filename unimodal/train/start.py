@@ -21,7 +21,8 @@ from typing import Any
 
 from unimodal.config import Recipe, RecipeError
 from unimodal.model import ModelConfig, UnifiedModel
-from unimodal.train.checkpoint import DONE, has_checkpoint, load_weights, tag
+from unimodal.pretrained import load_weights
+from unimodal.train.checkpoint import DONE, has_checkpoint, tag
 from unimodal.train.engine import deepspeed_config
 
 
@@ -80,7 +81,11 @@ def describe(recipe: Recipe) -> str:
 
 
 def init_weights(model: UnifiedModel, cfg: ModelConfig, src: Path) -> None:
+    """`src`'s weights into `model`; an adapter that `src` lacks keeps its fresh (identity) init."""
     state, saved = load_weights(src)
+    if cfg.adapter_dim and saved.adapter_dim is None:
+        saved = saved.model_copy(update={"adapter_dim": cfg.adapter_dim})
+        state |= {k: v for k, v in model.state_dict().items() if k.startswith("adapter.")}
     if saved != cfg:
         differ = ", ".join(f"{k} {v} there, {getattr(cfg, k)} here" for k, v in saved if v != getattr(cfg, k))
         raise RecipeError(f"init_from: {src} holds a different model ({differ}): model and tokenizer must match it")

@@ -1,0 +1,68 @@
+"""What a real run shows: its records as TensorBoard scalars, and `unimodal report`'s plots and summary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import SMOKE
+from unimodal.cli import main
+from unimodal.config import load_recipe
+from unimodal.train.metrics import MetricsLogger
+
+DASHBOARD = ["loss", "loss/digit-captions", "tokens_per_s", "mfu", "data_wait_s", "padding_efficiency",
+             "mix/number-words", "mix_target/number-words", "peak_memory_mib"]
+
+
+def records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_holds_the_records_of_metrics_jsonl(tiny_run):
+    events = EventAccumulator(str(tiny_run / "tensorboard"))
+    events.Reload()
+    recs = records(tiny_run)
+    for key in DASHBOARD:
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [r["step"] for r in recs] == [1, 2, 3, 4]
+        assert np.allclose([s.value for s in scalars], [r[key] for r in recs], rtol=1e-6), key
+    assert all(r["peak_memory_mib"] > 100 for r in recs)  # a rank process with torch loaded
+
+
+def test_a_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(tmp_path):
+    recipe = load_recipe(SMOKE / "stage1.yaml", [f"train.output_dir={tmp_path}", "logging.tensorboard=true",
+                                                 "logging.wandb.mode=disabled"], check_files=False)
+    for resumed, losses in ((0, [4.0, 3.0, 2.0]), (1, [2.5, 1.5])):  # stopped after step 3, resumed from step 1
+        logger = MetricsLogger(recipe, resumed, enabled=True)
+        for step, loss in enumerate(losses, resumed + 1):
+            logger.log({"step": step, "loss": loss, "tokens_per_s": 1.0})
+        logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("loss")] == [(1, 4.0), (2, 2.5), (3, 1.5)]
+    assert [r["loss"] for r in records(tmp_path)] == [4.0, 2.5, 1.5]
+
+
+def test_report_plots_and_summarises_a_run(tiny_run, capsys):
+    main(["report", str(tiny_run)])
+    for name in ("loss", "mix", "throughput"):
+        with Image.open(tiny_run / "plots" / f"{name}.png") as png:
+            assert png.format == "PNG" and png.size == (800, 450)
+            pixels = np.asarray(png.convert("L"))
+        assert (pixels < 128).mean() > 0.01  # axes, lines and labels drawn, not a blank page
+    text = (tiny_run / "report.txt").read_text()
+    assert capsys.readouterr().out == text
+    last = records(tiny_run)[-1]
+    assert "steps: 4 logged in 4 records" in text and "finished, 2 ranks, ZeRO-2, float32" in text
+    assert f"final loss: {last['loss']:.4f} (digit-captions {last['loss/digit-captions']:.4f}, " in text
+    assert "skipped samples: none" in text and "MFU" in text
+
+
+def test_report_names_a_directory_without_records(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["report", str(tmp_path)])
+    assert exit.value.code == 2 and f"error: {tmp_path / 'metrics.jsonl'}: not found" in capsys.readouterr().err

@@ -1,0 +1,107 @@
+"""A 2-rank CPU run stopped at any moment goes on, with `--resume`, exactly as if never stopped.
+
+Runs are started as a user starts them, `unimodal train ... --nproc 2`, in a
+session of their own, so that a kill reaches the whole process group: the
+launcher, both ranks and their loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE, unimodal, unimodal_env
+from unimodal.train.checkpoint import LATEST, PARTIAL, tag
+
+STEPS, EVERY = 9, 3
+SETS = [
+    f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", "logging.wandb.mode=disabled",
+    "logging.every=2",  # the checkpoint at step 3 falls inside a logging window: it must carry the window's sums
+    "model.overrides.dropout=0.1",  # the trainer's RNG state matters
+]
+TIMING = {"tokens_per_s", "samples_per_s", "data_wait_s", "tflops_per_s", "mfu", "peak_memory_mib"}
+
+
+def train_args(out, *extra: str) -> list[str]:
+    sets = [*SETS, f"train.output_dir={out}"]
+    return ["train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], *extra]
+
+
+def start(out, cwd) -> subprocess.Popen:
+    """A run in its own process group, its output in `out`.log."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = open(out.with_suffix(".log"), "w")
+    cmd = [sys.executable, "-m", "unimodal.cli", *train_args(out)]
+    return subprocess.Popen(cmd, cwd=cwd, env=unimodal_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(ready, run: subprocess.Popen, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert run.poll() is None, f"the run ended (status {run.returncode}) before the moment to stop it"
+        assert time.monotonic() < deadline, "timed out waiting for the moment to stop the run"
+        time.sleep(0.002)
+
+
+def shm_buffers() -> set[Path]:
+    """DeepSpeed's CPU all-reduce buffers in /dev/shm (see unimodal.train.launch.remove_shm_buffers)."""
+    return set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+
+
+def deterministic(out) -> list[dict]:
+    """metrics.jsonl without the timing fields."""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def logged_steps(out) -> list[int]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace):
+    out = workspace / "runs" / "resume-test" / "uninterrupted"
+    result = unimodal(*train_args(out), cwd=workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_sigkill_while_saving_then_resume_gives_the_uninterrupted_losses(uninterrupted, workspace):
+    out = workspace / "runs" / "resume-test" / "killed"
+    ckpt = out / "checkpoints"
+    buffers_before = shm_buffers()
+    run = start(out, workspace)
+    wait_for(lambda: (ckpt / f"{PARTIAL}{tag(2 * EVERY)}").is_dir(), run)
+    os.killpg(run.pid, signal.SIGKILL)  # the step-6 checkpoint is being written
+    run.wait()
+    for path in shm_buffers() - buffers_before:  # the killed launcher could not unlink its ranks' buffers
+        path.unlink(missing_ok=True)
+    assert (ckpt / LATEST).read_text() == tag(EVERY)  # the last complete one
+
+    result = unimodal(*train_args(out, "--resume"), cwd=workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming at step {EVERY}" in result.stdout
+    assert deterministic(out) == deterministic(uninterrupted)  # every later step's loss, bit for bit
+    assert not list(ckpt.glob(PARTIAL + "*"))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(workspace):
+    out = workspace / "runs" / "resume-test" / "terminated"
+    run = start(out, workspace)
+    wait_for(lambda: EVERY + 1 in logged_steps(out), run)
+    os.killpg(run.pid, signal.SIGTERM)  # every process of the run: launcher, ranks, loader workers
+    assert run.wait(timeout=300) == 0
+    log = out.with_suffix(".log").read_text()
+    stopped = logged_steps(out)[-1]
+    assert "stopped by a signal at step " in log and EVERY + 1 <= stopped < STEPS, log[-3000:]
+    saved = int(log.split("stopped by a signal at step ")[1].split(",")[0])
+    assert (out / "checkpoints" / LATEST).read_text() == tag(saved) and saved >= stopped
+    assert not (out / "done.json").exists()
