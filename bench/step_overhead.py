@@ -6,7 +6,12 @@ wandb (offline) and metrics.jsonl. The loader runs inline (`data.workers=0`)
 by default, so its whole cost is inside the timed step: on a 2-core machine a
 worker process would instead take one of the two cores the model's threads
 run on, which measures CPU contention, not framework overhead (`--workers 1`
-shows it; on a GPU node workers run on spare host cores). Its tokens/s come from its own
+shows it; on a GPU node workers run on spare host cores). For the same
+reason both loops compute on `--threads` torch threads, by default one
+fewer than the machine's cores: the framework's own side processes (the
+launcher, wandb's service, the progress bar) need a core now and then, and
+with every core in the model's thread team each of their wake-ups stalls a
+whole parallel region; on a GPU node they run on spare host cores too. Its tokens/s come from its own
 metrics.jsonl, windows after the warm-up only.
 bare: the same model config and seed, a plain torch AdamW with the same
 groups and the recipe's gradient clipping, forward/backward/step over the very
@@ -91,8 +96,11 @@ def main() -> None:
     p.add_argument("--zero", type=int, default=0, help="ZeRO stage of the unimodal run (1 rank)")
     p.add_argument("--batch-tokens", type=int, default=2048)
     p.add_argument("--workers", type=int, default=0, help="data.workers of the unimodal run (see the docstring)")
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="torch threads of both loops (default: one fewer than the cores; see the docstring)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the two loops this many times, keep each one's best")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)  # the bare loop's; the unimodal run's through OMP_NUM_THREADS
     every = 10
     if args.warmup % every or args.steps % every:
         sys.exit("--warmup and --steps must be multiples of 10 (the logging window)")

@@ -1,9 +1,8 @@
-"""Real 2-rank DeepSpeed ZeRO-2 runs on CPU: the loss falls, and a resumed run continues it exactly."""
+"""Real 2-rank DeepSpeed runs on CPU: ZeRO-2 learns and its weights evaluate; ZeRO-3 takes ragged batches (resume: test_resume.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -55,23 +54,6 @@ def test_two_rank_zero2_run_learns(uninterrupted, workspace):
     assert list((uninterrupted / "checkpoints").glob("step*")) and (uninterrupted / "recipe.yaml").is_file()
     # the values used, overrides included, are saved beside the run
     assert load_recipe(uninterrupted / "recipe.yaml", check_files=False).train.steps == STEPS
-
-
-def test_resume_continues_the_uninterrupted_loss_curve(uninterrupted, workspace):
-    stopped = uninterrupted.parent / "b"
-    shutil.copytree(uninterrupted, stopped)
-    # what a run stopped just after its step-8 checkpoint leaves behind
-    shutil.rmtree(stopped / "checkpoints" / f"step{STEPS:08d}")
-    (stopped / "checkpoints" / "latest").write_text(f"step{EVERY:08d}")
-    (stopped / "done.json").unlink()
-    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", "--resume", *run_args(stopped), cwd=workspace)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "resuming at step 8" in result.stdout
-    assert json.loads((stopped / "done.json").read_text())["steps_this_run"] == STEPS - EVERY
-    a, b = records(uninterrupted), records(stopped)
-    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
-    assert [r["loss"] for r in b] == [r["loss"] for r in a]  # bit-exact on CPU
-    assert b[-1]["epochs/number-words"] == a[-1]["epochs/number-words"]  # counts carried over
 
 
 def test_evaluation_reads_the_stage_weights(uninterrupted, in_workspace):
