@@ -144,3 +144,25 @@ def test_export_names_what_is_missing(tiny_run, in_workspace, tmp_path, capsys):
         part.unlink()
     with pytest.raises(ExportError, match=r"step00000004: no ZeRO partitions \(\*_optim_states.pt\)"):
         export(bare, tmp_path / "out")
+
+
+class PlantsAFile:
+    """Unpickling this creates a file: what a hostile checkpoint file could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_export_reads_checkpoint_files_without_unpickling_code(tmp_path):
+    from unimodal.train.export import weights_only_loads
+
+    planted = tmp_path / "planted"
+    hostile = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": PlantsAFile(planted)}, hostile)
+    with weights_only_loads(), pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(hostile, weights_only=False)  # as DeepSpeed's zero_to_fp32 asks
+    assert not planted.exists()
+    assert torch.load is not None and torch.load.__name__ == "load"  # restored on the way out

@@ -242,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("export", help="consolidate a run's ZeRO checkpoint into a model that loads without DeepSpeed")
-    q.add_argument("run", type=Path, help="a run's output_dir, or its checkpoints/ directory (trusted: DeepSpeed unpickles it)")
+    q.add_argument("run", type=Path, help="a run's output_dir, or its checkpoints/ directory (read weights_only)")
     q.add_argument("out_dir", type=Path, help="where model.safetensors, config.json, sp.model and tokenizer.json go")
     q.add_argument("--tag", help="the checkpoint to export, e.g. step00000100 (default: the one `latest` names)")
     q.set_defaults(func=cmd_export)

@@ -5,19 +5,26 @@ master weights (the true weights, also under bf16) into whole tensors; they
 are checked against the model the run's `recipe.yaml` describes, then written
 in the format of `unimodal.pretrained` with the run's tokenizer beside them.
 
-Trust: zero_to_fp32 (DeepSpeed 0.19.8) reads the checkpoint's `.pt` files with
-`torch.load(weights_only=False)`, which unpickles them and so can run code in
-them; it offers no safe mode, as the files hold DeepSpeed's own objects.
-Export only checkpoints written by you or by someone you trust. What export
-writes holds no pickle.
+Safety: zero_to_fp32 (DeepSpeed 0.19.8) turns torch.load's weights_only off,
+which would unpickle whatever a checkpoint file holds. Export makes every load
+it does weights_only, with the three plain-data DeepSpeed classes its
+optimizer-state files hold allowed by name (a loss scaler, a fragment address,
+the ZeRO stage enum): a file holding anything else is refused, not run.
+What export writes holds no pickle.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from unimodal.config import load_recipe
@@ -27,8 +34,27 @@ from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.engine import model_config
 
 
+DEEPSPEED_DATA_CLASSES = [LossScaler, fragment_address, ZeroStageEnum]  # in *_optim_states.pt besides tensors
+
+
 class ExportError(ValueError):
     """The directory given is not a run with a checkpoint that export can read."""
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every torch.load inside, DeepSpeed's included, is weights_only, DeepSpeed's data classes allowed."""
+    load = torch.load
+
+    def safe_load(*args, **kwargs):
+        return load(*args, **(kwargs | {"weights_only": True}))
+
+    torch.load = safe_load
+    try:
+        with torch.serialization.safe_globals(DEEPSPEED_DATA_CLASSES):
+            yield
+    finally:
+        torch.load = load
 
 
 def find_checkpoints(path: Path) -> tuple[Path, Path]:
@@ -57,7 +83,8 @@ def export(path: str | Path, out_dir: str | Path, tag: str | None = None) -> dic
         raise ExportError(f"{recipe_file}: tokenizer.text: {sp_model} not found (relative paths are read from the working directory)")
     tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets)
     cfg = model_config(recipe, tokenizer.vocab_size, tokenizer.patch_dims)
-    merged = get_fp32_state_dict_from_zero_checkpoint(str(ckpts), tag=tag)
+    with weights_only_loads():
+        merged = get_fp32_state_dict_from_zero_checkpoint(str(ckpts), tag=tag)
     model = UnifiedModel(cfg)
     try:
         model.load_state_dict(merged)  # strict: every name and shape the recipe's model has, nothing else
