@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -164,3 +166,16 @@ def test_a_worker_hands_over_the_batches_built_inline(in_workspace, tmp_path):
         assert a.keys() == b.keys() and a["meta"] == b["meta"]
         for key in a.keys() - {"meta"}:
             assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape and torch.equal(a[key], b[key]), key
+
+
+def test_a_process_exiting_with_live_workers_ends_them(in_workspace, tmp_path):
+    """At interpreter exit multiprocessing terminates leftover workers with SIGTERM: they must go, not hang the exit."""
+    write_shards(tmp_path / "shards", "img")
+    path = image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar")}], workers=1)
+    script = (
+        "import sys; from unimodal.config import load_recipe; from unimodal.data.loader import build_train_loader\n"
+        "batches = iter(build_train_loader(load_recipe(sys.argv[1]), 0)); next(batches)\n"
+        "import multiprocessing; assert multiprocessing.active_children()  # a worker is alive at exit\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

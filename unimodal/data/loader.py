@@ -20,7 +20,7 @@ recipe, world size and worker count.
 from __future__ import annotations
 
 import logging
-import signal
+import os
 from collections import Counter
 from typing import Any
 
@@ -203,10 +203,15 @@ def mix_lag(recipe: Recipe, accumulation: int) -> int:
 
 
 def leave_stopping_to_the_trainer(_worker: int) -> None:
-    """SIGTERM or SIGUSR1 sent to every process of the job (SLURM does) must not kill a worker: the
-    trainer, told by the same signal, saves a checkpoint first (unimodal/train/guard.py), then ends its workers."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+    """A signal sent to the job's whole process group (SIGTERM, SIGUSR1) must not kill a worker: the
+    trainer, told by the same signal, saves a checkpoint first (unimodal/train/guard.py), then ends its workers.
+
+    A process group of its own keeps those away, while a signal aimed at the worker itself
+    still ends it: the DataLoader's shutdown and multiprocessing's at interpreter exit
+    terminate workers with SIGTERM, so a worker that ignored SIGTERM could keep an
+    exiting process waiting for it forever.
+    """
+    os.setpgrp()
 
 
 def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1) -> TrainLoader:
