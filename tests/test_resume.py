@@ -25,6 +25,7 @@ SETS = [
     f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", "logging.wandb.mode=disabled",
     "logging.every=2",  # the checkpoint at step 3 falls inside a logging window: it must carry the window's sums
     "model.overrides.dropout=0.1",  # the trainer's RNG state matters
+    "logging.sample_log=true",  # each rank's samples, step by step
 ]
 TIMING = {"tokens_per_s", "samples_per_s", "data_wait_s", "tflops_per_s", "mfu", "peak_memory_mib"}
 
@@ -90,6 +91,9 @@ def test_sigkill_while_saving_then_resume_gives_the_uninterrupted_losses(uninter
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming at step {EVERY}" in result.stdout
     assert deterministic(out) == deterministic(uninterrupted)  # every later step's loss, bit for bit
+    for rank in (0, 1):  # the same samples at every step: none repeated or skipped across the resume
+        name = f"samples/rank{rank}.jsonl"
+        assert (out / name).read_text() == (uninterrupted / name).read_text(), name
     assert not list(ckpt.glob(PARTIAL + "*"))
 
 

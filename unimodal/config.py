@@ -405,6 +405,7 @@ class LoggingConfig(Strict):
     every: int = Field(10, gt=0)
     wandb: WandbConfig = WandbConfig()
     tensorboard: bool = False  # also write every record as scalars to output_dir/tensorboard
+    sample_log: bool = False  # every rank writes the keys it trains on to output_dir/samples (unimodal/train/sample_log.py)
 
 
 class Recipe(Strict):

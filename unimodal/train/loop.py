@@ -41,6 +41,7 @@ from unimodal.train.memory import peak_memory_mib
 from unimodal.train.metrics import MetricsLogger
 from unimodal.train.mfu import peak_flops
 from unimodal.train.rng import rng_state, set_rng_state
+from unimodal.train.sample_log import SampleLog
 from unimodal.train.start import check_start, describe, init_weights, layout, load_optimizer_state
 
 
@@ -185,6 +186,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
             flush=True,
         )
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
+    sample_log = SampleLog(out_dir, rank, step, recipe.logging.sample_log)
     window = Window(len(names))
     batches = iter(loader)  # draws the workers' seeds from torch's generator: before its state is restored
     if mine:
@@ -197,11 +199,14 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         while trained < engine.gradient_accumulation_steps():
             t0 = time.perf_counter()
             batch = next(batches)
-            counts.add(batch.pop("meta"))
+            meta = batch.pop("meta")
+            counts.add(meta)
             batch = to_device(batch, engine.device, dtype)
             wait = time.perf_counter() - t0
             out = engine(batch)
-            if guard.skip(out["loss"], step + 1):
+            skip = guard.skip(out["loss"], step + 1)
+            sample_log.add(step + 1, meta, trained=not skip)
+            if skip:
                 continue
             engine.backward(out["loss"])
             engine.step()
@@ -226,6 +231,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
                 "window": window.state_dict(), "rng": rng_state(),
             }
             dist.all_gather_object(ranks, part)
+            sample_log.flush()
             client = {"step": step, "skipped_nonfinite": guard.skipped, "ranks": ranks}
             save_checkpoint(engine, ckpt_dir, step, client, recipe.train.keep_checkpoints)
     if step < recipe.train.steps:
@@ -236,6 +242,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
                 flush=True,
             )
         logger.close()
+        sample_log.close()
         return None
 
     state = full_state_dict(engine)
@@ -254,4 +261,5 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         save_weights(out_dir, state, cfg)
         (out_dir / DONE).write_text(json.dumps(done, indent=2))
     logger.close()
+    sample_log.close()
     return done
