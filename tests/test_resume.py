@@ -109,3 +109,32 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(workspace):
     saved = int(log.split("stopped by a signal at step ")[1].split(",")[0])
     assert (out / "checkpoints" / LATEST).read_text() == tag(saved) and saved >= stopped
     assert not (out / "done.json").exists()
+
+
+def live_processes(pgid: int) -> list[int]:
+    """Processes of process group `pgid` that have not exited (zombies aside)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_ranks_of_a_launcher_killed_with_sigkill_save_and_exit(workspace):
+    out = workspace / "runs" / "resume-test" / "orphaned"
+    run = start(out, workspace)
+    wait_for(lambda: EVERY + 1 in logged_steps(out), run)
+    run.kill()  # the launcher alone: its ranks are orphaned
+    run.wait()
+    deadline = time.monotonic() + 120
+    while live_processes(run.pid):
+        assert time.monotonic() < deadline, f"ranks still running: {live_processes(run.pid)}"
+        time.sleep(0.2)
+    log = out.with_suffix(".log").read_text()
+    assert "stopped by a signal at step " in log, log[-3000:]
+    saved = int(log.split("stopped by a signal at step ")[1].split(",")[0])
+    assert (out / "checkpoints" / LATEST).read_text() == tag(saved)

@@ -9,11 +9,14 @@ reads (as DeepSpeed's and torch's launchers do), rather than through
 DeepSpeed's launcher: that one answers SIGTERM by terminating every process
 under it and exiting 1, and dies of SIGUSR1. Here SIGTERM and SIGUSR1 are
 passed on to the ranks, which save a checkpoint and exit 0 (a clean stop, not
-a failure); when a rank fails, the others, left waiting in a collective, are killed.
+a failure); when a rank fails, the others, left waiting in a collective, are killed;
+when the launcher itself is killed, the ranks are sent SIGTERM.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import signal
 import socket
@@ -58,11 +61,30 @@ def launch_env() -> dict[str, str]:
     return env
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_when_the_launcher_dies(launcher: int) -> None:
+    """In a rank, before it runs: SIGTERM when the launcher dies, even by SIGKILL (Linux).
+
+    The ranks then save a checkpoint and exit, as on any stop signal, instead of
+    living on as orphans that hold their devices and the job's port.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher:  # it died before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_ranks(cmd: list[str], nproc: int) -> int:
     """Run `cmd` as ranks 0..nproc-1 of one job; their exit status (the first failure's, else 0)."""
     port = free_port()
     env = launch_env() | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc)}
-    ranks = [subprocess.Popen(cmd, env=env | {"RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
+    orphan_guard = functools.partial(stop_when_the_launcher_dies, os.getpid())
+    ranks = [
+        subprocess.Popen(cmd, env=env | {"RANK": str(r), "LOCAL_RANK": str(r)}, preexec_fn=orphan_guard)
+        for r in range(nproc)
+    ]
 
     def forward(signum: int, _frame) -> None:
         for rank in ranks:
