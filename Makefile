@@ -7,6 +7,8 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export PYTHONUNBUFFERED := 1
+# the environment's tools (torchrun, ninja) before the system's
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: demo test venv clean
 

@@ -55,7 +55,15 @@ def launch_command(recipe_path: str | Path, overrides: list[str], resume: bool) 
 
 
 def launch_env() -> dict[str, str]:
+    """This environment, with this Python's bin folder first on PATH.
+
+    DeepSpeed JIT-builds its CPU all-reduce op with whichever `ninja` PATH finds
+    first; two ninja versions (the environment's and the system's) do not read
+    each other's build logs, so the op was rebuilt (~30 s) whenever runs
+    alternated between them.
+    """
     env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     return env
