@@ -138,3 +138,37 @@ def test_ranks_of_a_launcher_killed_with_sigkill_save_and_exit(workspace):
     assert "stopped by a signal at step " in log, log[-3000:]
     saved = int(log.split("stopped by a signal at step ")[1].split(",")[0])
     assert (out / "checkpoints" / LATEST).read_text() == tag(saved)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid`, at any depth (loader workers included, whatever their group)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_sigterm_to_every_process_of_the_job_saves_and_exits_cleanly(workspace):
+    """What SLURM does at preemption or requeue: SIGTERM to every process of the job step, loader workers too."""
+    out = workspace / "runs" / "resume-test" / "slurm-stopped"
+    run = start(out, workspace)
+    wait_for(lambda: EVERY + 1 in logged_steps(out), run)
+    everyone = [run.pid, *descendants(run.pid)]
+    assert len(everyone) >= 5, everyone  # launcher, 2 ranks, a loader worker each
+    for pid in everyone:
+        os.kill(pid, signal.SIGTERM)
+    assert run.wait(timeout=300) == 0, out.with_suffix(".log").read_text()[-3000:]
+    log = out.with_suffix(".log").read_text()
+    assert "stopped by a signal at step " in log, log[-3000:]
+    saved = int(log.split("stopped by a signal at step ")[1].split(",")[0])
+    assert (out / "checkpoints" / LATEST).read_text() == tag(saved)

@@ -19,8 +19,8 @@ recipe, world size and worker count.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 from collections import Counter
 from typing import Any
 
@@ -35,6 +35,7 @@ from unimodal.data.mixing import cumulative, slot_sampler
 from unimodal.data.packing import fill_batch
 from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.data.transport import pack, unpack
+from unimodal.data.worker_signals import serve_through_a_stop
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import TokenSequence, collate_rows
@@ -202,22 +203,11 @@ def mix_lag(recipe: Recipe, accumulation: int) -> int:
     return -(-ahead // accumulation)
 
 
-def leave_stopping_to_the_trainer(_worker: int) -> None:
-    """A signal sent to the job's whole process group (SIGTERM, SIGUSR1) must not kill a worker: the
-    trainer, told by the same signal, saves a checkpoint first (unimodal/train/guard.py), then ends its workers.
-
-    A process group of its own keeps those away, while a signal aimed at the worker itself
-    still ends it: the DataLoader's shutdown and multiprocessing's at interpreter exit
-    terminate workers with SIGTERM, so a worker that ignored SIGTERM could keep an
-    exiting process waiting for it forever.
-    """
-    os.setpgrp()
-
-
-def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1) -> TrainLoader:
+def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1, stopping=None) -> TrainLoader:
     """This rank's loader; `world` ranks x `data.workers` workers share the shards.
 
     `accumulation` (micro-batches per step) maps batches to steps for the target mix.
+    `stopping` is the trainer's shared stop flag (`StepGuard.stopping`), for `serve_through_a_stop`.
     With loss-aware sampling the loader's dataset carries the `MixBoard` the trainer writes to.
     """
     workers = recipe.data.workers
@@ -240,7 +230,7 @@ def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: 
         num_workers=workers,
         prefetch_factor=PREFETCH if workers else None,
         persistent_workers=False,
-        worker_init_fn=leave_stopping_to_the_trainer,
+        worker_init_fn=functools.partial(serve_through_a_stop, stopping),
         # a worker sends its position with every 32nd batch, not every batch (the position of a
         # shuffle buffer is hundreds of coordinates); a restored loader replays the batches since
         # the last snapshot, which this deterministic pipeline rebuilds exactly

@@ -8,11 +8,16 @@ Past `train.max_nonfinite_steps` skips the run stops with `NonFiniteLoss`.
 SIGTERM and SIGUSR1 (what SLURM and Kubernetes send before preemption) only
 set a flag: a signal may reach one rank, all of them, or arrive mid-collective.
 Both answers travel in one two-number all_reduce per batch; the loop then
-finishes its step, saves a checkpoint and exits cleanly.
+finishes its step, saves a checkpoint and exits cleanly. `stopping`, in
+shared memory, tells this rank's loader workers that the signal they may have
+got too (SLURM signals every process of a job) is one their trainer saves on
+(unimodal/data/loader.py: `serve_through_a_stop`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import signal
 
 import torch
@@ -31,12 +36,14 @@ class StepGuard:
     def __init__(self, recipe_name: str, limit: int, skipped: int = 0):
         self.recipe_name, self.limit, self.skipped = recipe_name, limit, skipped
         self.received = False  # a stop signal reached this rank
+        self.stopping = multiprocessing.RawValue(ctypes.c_bool, False)  # the same, for the loader workers
         self.stop = False  # one reached some rank: agreed by all
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._note)
 
     def _note(self, _signum: int, _frame) -> None:
         self.received = True
+        self.stopping.value = True
 
     def skip(self, loss: torch.Tensor, step: int) -> bool:
         """True when some rank's `loss` is not finite (then all ranks skip the batch); notes a stop request."""

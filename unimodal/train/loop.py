@@ -161,7 +161,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
     if recipe.carry == "optimizer" and not resuming:
         load_optimizer_state(engine, Path(recipe.init_from))
     dtype = next(engine.module.parameters()).dtype
-    loader = build_train_loader(recipe, rank, world, engine.gradient_accumulation_steps())
+    loader = build_train_loader(recipe, rank, world, engine.gradient_accumulation_steps(), guard.stopping)
     peak, peak_source = peak_flops(torch.device(engine.device), dtype)
 
     step, mine = 0, None  # mine: this rank's part of the checkpoint
