@@ -11,7 +11,7 @@ Both answers travel in one two-number all_reduce per batch; the loop then
 finishes its step, saves a checkpoint and exits cleanly. `stopping`, in
 shared memory, tells this rank's loader workers that the signal they may have
 got too (SLURM signals every process of a job) is one their trainer saves on
-(unimodal/data/loader.py: `serve_through_a_stop`).
+(unimodal/data/worker_signals.py).
 """
 
 from __future__ import annotations
