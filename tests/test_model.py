@@ -2,8 +2,11 @@
 
 import pytest
 import torch
+import torchaudio
 
+from unimodal.config import AudioTokens
 from unimodal.model import PRESETS, ModelConfig, UnifiedModel, count_parameters
+from unimodal.tokenize.patches import AudioPatcher
 from unimodal.tokenize.sequence import IGNORE_INDEX, Segment, TokenSequence, collate, collate_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -167,3 +170,13 @@ def test_packed_rows_keep_samples_apart(model):
         out["loss"].backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+
+
+def test_audio_patches_use_torchaudios_mel_spectrogram():
+    """The patcher's mel power spectrogram equals torchaudio's MelSpectrogram (power 2)."""
+    cfg = AudioTokens(f_max=4000)
+    wave = torch.randn(int(cfg.seconds * cfg.sample_rate), generator=torch.Generator().manual_seed(0))
+    reference = torchaudio.transforms.MelSpectrogram(
+        sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop, n_mels=cfg.n_mels, f_max=cfg.f_max
+    )(wave)
+    torch.testing.assert_close(AudioPatcher(cfg).mel(wave), reference, rtol=1e-5, atol=1e-5)
