@@ -76,3 +76,13 @@ def test_a_damaged_header_is_an_error_not_a_misread_member():
     data[1024 + 124 : 1024 + 136] = b"9" * 12  # not octal
     with pytest.raises(TarError, match="not octal"):
         list(tar_members(io.BytesIO(bytes(data))))
+
+
+def test_a_negative_size_is_refused():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size, info.pax_headers = 3, {"size": "-5"}
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(TarError, match="size -5"):
+        list(tar_members(io.BytesIO(buf.getvalue())))

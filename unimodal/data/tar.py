@@ -122,6 +122,8 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         kind = header[156:157]
         if size_override is not None:
             size, size_override = size_override, None
+        if size < 0:
+            raise TarError(f"damaged header: size {size}")
         data = _read_exactly(stream, size, "a member")
         _read_exactly(stream, -size % BLOCK, "a member's padding")
         if kind == b"x":  # pax header of the next member
