@@ -69,3 +69,13 @@ def unimodal(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "unimodal.cli", *args], cwd=cwd, env=unimodal_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+class PlantsAFile:
+    """Unpickling this creates a file: what a hostile checkpoint file could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))

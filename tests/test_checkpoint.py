@@ -21,10 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SMOKE
+from conftest import SMOKE, PlantsAFile
 from unimodal.config import load_recipe
 from unimodal.model import UnifiedModel
-from unimodal.train.checkpoint import LATEST, remove_partial, saved_steps, tag
+from unimodal.train.checkpoint import LATEST, load_latest, remove_partial, saved_steps, tag
 from unimodal.train.guard import NonFiniteLoss
 from unimodal.train.launch import free_port, run_ranks
 
@@ -137,3 +137,18 @@ def test_launcher_ends_the_other_ranks_when_one_fails(tmp_path):
     started = time.perf_counter()
     assert run_ranks([sys.executable, "-c", RANK, str(tmp_path), "1"], 2) == 3
     assert time.perf_counter() - started < 300  # rank 0 was killed, not waited for
+
+
+def test_resume_reads_checkpoint_files_without_unpickling_code(tmp_path):
+    planted, ckpt = tmp_path / "planted", tmp_path / "checkpoints"
+    (ckpt / tag(2)).mkdir(parents=True)
+    (ckpt / LATEST).write_text(tag(2))
+    torch.save({"module": PlantsAFile(planted)}, ckpt / tag(2) / "mp_rank_00_model_states.pt")
+
+    class DeepSpeedEngine:  # reads its files as DeepSpeed 0.19.8's engine does
+        def load_checkpoint(self, load_dir, tag):
+            return load_dir, torch.load(f"{load_dir}/{tag}/mp_rank_00_model_states.pt", weights_only=False)
+
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_latest(DeepSpeedEngine(), ckpt)
+    assert not planted.exists()

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 import unimodal
-from conftest import SMOKE, unimodal as run_unimodal
+from conftest import SMOKE, PlantsAFile, unimodal as run_unimodal
 from unimodal.cli import main
 from unimodal.config import expand_shards, load_recipe
 from unimodal.data.decode import decode_example
@@ -31,6 +31,7 @@ from unimodal.pretrained import load_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID
+from unimodal.train.checkpoint import weights_only_loads
 from unimodal.train.export import ExportError, export
 
 
@@ -146,19 +147,7 @@ def test_export_names_what_is_missing(tiny_run, in_workspace, tmp_path, capsys):
         export(bare, tmp_path / "out")
 
 
-class PlantsAFile:
-    """Unpickling this creates a file: what a hostile checkpoint file could do instead."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (str(self.path), "w"))
-
-
 def test_export_reads_checkpoint_files_without_unpickling_code(tmp_path):
-    from unimodal.train.export import weights_only_loads
-
     planted = tmp_path / "planted"
     hostile = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": PlantsAFile(planted)}, hostile)

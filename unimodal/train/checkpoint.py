@@ -10,6 +10,12 @@ complete checkpoint; leftovers are removed by the next run. At the end of a stag
 gathered here and written by `unimodal.pretrained` as `model.safetensors` +
 `config.json`: the next curriculum stage and the evaluator load those safely,
 without DeepSpeed or pickle.
+
+DeepSpeed reads its checkpoint files with torch.load's weights_only off, which
+would unpickle whatever a file holds: a resume, a `carry: optimizer` start and
+an export all load under `weights_only_loads`, with the three plain-data
+DeepSpeed classes its files hold allowed by name (a loss scaler, a fragment
+address, the ZeRO stage enum): a file holding anything else is refused, not run.
 """
 
 from __future__ import annotations
@@ -17,17 +23,41 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 
 DONE = "done.json"  # written last by a stage that ran all its steps
 LATEST = "latest"
 PARTIAL = ".tmp-"  # prefix of a checkpoint still being written
 TAG = re.compile(r"step(\d{8})")
+
+
+DEEPSPEED_DATA_CLASSES = [LossScaler, fragment_address, ZeroStageEnum]  # in DeepSpeed's files besides tensors
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every torch.load inside, DeepSpeed's included, is weights_only, DeepSpeed's data classes allowed."""
+    load = torch.load
+
+    def safe_load(*args, **kwargs):
+        return load(*args, **(kwargs | {"weights_only": True}))
+
+    torch.load = safe_load
+    try:
+        with torch.serialization.safe_globals(DEEPSPEED_DATA_CLASSES):
+            yield
+    finally:
+        torch.load = load
 
 
 def tag(step: int) -> str:
@@ -94,7 +124,8 @@ def load_latest(engine, ckpt_dir: Path) -> dict[str, Any] | None:
     if not has_checkpoint(ckpt_dir):
         return None
     name = (ckpt_dir / LATEST).read_text().strip()
-    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=name)
+    with weights_only_loads():
+        path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=name)
     if path is None:
         raise RuntimeError(f"{ckpt_dir}: 'latest' names {name!r}, a checkpoint that could not be loaded")
     return client_state

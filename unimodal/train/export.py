@@ -6,10 +6,8 @@ are checked against the model the run's `recipe.yaml` describes, then written
 in the format of `unimodal.pretrained` with the run's tokenizer beside them.
 
 Safety: zero_to_fp32 (DeepSpeed 0.19.8) turns torch.load's weights_only off,
-which would unpickle whatever a checkpoint file holds. Export makes every load
-it does weights_only, with the three plain-data DeepSpeed classes its
-optimizer-state files hold allowed by name (a loss scaler, a fragment address,
-the ZeRO stage enum): a file holding anything else is refused, not run.
+which would unpickle whatever a checkpoint file holds; export makes every load
+it does weights_only (`unimodal.train.checkpoint.weights_only_loads`).
 What export writes holds no pickle.
 """
 
@@ -17,44 +15,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from deepspeed.runtime.fp16.loss_scaler import LossScaler
-from deepspeed.runtime.zero.config import ZeroStageEnum
-from deepspeed.utils.tensor_fragment import fragment_address
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from unimodal.config import load_recipe
 from unimodal.model import UnifiedModel
 from unimodal.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
+from unimodal.train.checkpoint import weights_only_loads
 from unimodal.train.engine import model_config
-
-
-DEEPSPEED_DATA_CLASSES = [LossScaler, fragment_address, ZeroStageEnum]  # in *_optim_states.pt besides tensors
 
 
 class ExportError(ValueError):
     """The directory given is not a run with a checkpoint that export can read."""
-
-
-@contextmanager
-def weights_only_loads() -> Iterator[None]:
-    """Every torch.load inside, DeepSpeed's included, is weights_only, DeepSpeed's data classes allowed."""
-    load = torch.load
-
-    def safe_load(*args, **kwargs):
-        return load(*args, **(kwargs | {"weights_only": True}))
-
-    torch.load = safe_load
-    try:
-        with torch.serialization.safe_globals(DEEPSPEED_DATA_CLASSES):
-            yield
-    finally:
-        torch.load = load
 
 
 def find_checkpoints(path: Path) -> tuple[Path, Path]:

@@ -22,7 +22,7 @@ from typing import Any
 from unimodal.config import Recipe, RecipeError
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.pretrained import load_weights
-from unimodal.train.checkpoint import DONE, has_checkpoint, tag
+from unimodal.train.checkpoint import DONE, has_checkpoint, tag, weights_only_loads
 from unimodal.train.engine import deepspeed_config
 
 
@@ -102,7 +102,8 @@ def load_optimizer_state(engine, src: Path) -> None:
     optimizer = engine.optimizer
     own = [{k: v for k, v in group.items() if k not in ("params", "step")} for group in optimizer.param_groups]
     clip = getattr(optimizer, "clip_grad", None)
-    path, _ = engine.load_checkpoint(str(src / "checkpoints"), load_optimizer_states=True, load_lr_scheduler_states=False)
+    with weights_only_loads():
+        path, _ = engine.load_checkpoint(str(src / "checkpoints"), load_optimizer_states=True, load_lr_scheduler_states=False)
     if path is None:
         raise RuntimeError(f"init_from: {src / 'checkpoints'}: 'latest' names a checkpoint that could not be loaded")
     for group, hyper in zip(optimizer.param_groups, own):
