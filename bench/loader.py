@@ -6,14 +6,14 @@ loops read the same shards in the same number of DataLoader worker processes,
 with the same prefetch depth and the same number of samples per batch:
 
   full  `unimodal.data.loader.build_train_loader` on a one-dataset recipe made
-        from recipes/smoke/stage2.yaml: read shard, shuffle buffer, decode
+        from recipes/smoke/stage2.yaml: read shard (unimodal/data/tar.py), shuffle buffer, decode
         (JPEG by libjpeg-turbo through simplejpeg, straight into an array;
         soundfile; PyAV), then the tokenizer (image resized to the
         recipe's size and cut into 16x16 uint8 patches, audio log-mel
         patches, video tubelets, SentencePiece for text and targets),
         token-budget packed batches, collate, tensor handover from the worker
-        (the batch's small tensors merged into one buffer per dtype).
-  bare  tarfile + the same decoder libraries and nothing else: each sample's
+        (the batch's small tensors merged into one byte buffer).
+  bare  tarfile + Pillow / soundfile / PyAV (the issue's baseline) and nothing else: each sample's
         media decoded to an array (the image as stored; the waveform; every
         video frame) plus its target text, batched by torch's default_collate
         and handed over the same way.

@@ -157,7 +157,7 @@ def test_resampled_streams_differ_per_slot_and_epoch_mode_needs_enough_shards():
 
 
 def test_a_worker_hands_over_the_batches_built_inline(in_workspace, tmp_path):
-    """Packed into one buffer per dtype in the worker and cut out again (transport.py): the same tensors."""
+    """Packed into one byte buffer in the worker and cut out again (transport.py): the same tensors."""
     write_shards(tmp_path / "shards", "img")
     shards = str(tmp_path / "shards/img-{000000..000007}.tar")
     inline = load_recipe(image_recipe(tmp_path, [{"shards": shards}], workers=0))

@@ -86,3 +86,17 @@ def test_a_negative_size_is_refused():
         tar.addfile(info, io.BytesIO(b"abc"))
     with pytest.raises(TarError, match="size -5"):
         list(tar_members(io.BytesIO(buf.getvalue())))
+
+
+def test_a_directory_or_link_header_with_a_size_has_no_data_after_it():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for kind in (tarfile.DIRTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE):
+            info = tarfile.TarInfo(f"odd-{kind.decode()}")
+            info.type, info.size, info.linkname = kind, 512, "a.txt"  # some writers fill the size field anyway
+            tar.addfile(info)
+        info = tarfile.TarInfo("a.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    data = buf.getvalue()
+    assert list(tar_members(io.BytesIO(data))) == tarfile_members(data) == [("a.txt", b"abc")]

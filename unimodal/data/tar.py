@@ -28,6 +28,7 @@ from typing import BinaryIO
 BLOCK = 512
 CHUNK = 1 << 24  # larger members are read in pieces: a hostile size cannot make one huge allocation
 REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file
+NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directory, fifo: any size field is not followed by data
 COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)), (b"BZh", bz2.BZ2File), (b"\xfd7zXZ\x00", lzma.LZMAFile))
 
 
@@ -124,6 +125,8 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             size, size_override = size_override, None
         if size < 0:
             raise TarError(f"damaged header: size {size}")
+        if kind in NO_DATA:  # as tarfile reads them
+            size = 0
         data = _read_exactly(stream, size, "a member")
         _read_exactly(stream, -size % BLOCK, "a member's padding")
         if kind == b"x":  # pax header of the next member
