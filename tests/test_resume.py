@@ -97,20 +97,6 @@ def test_sigkill_while_saving_then_resume_gives_the_uninterrupted_losses(uninter
     assert not list(ckpt.glob(PARTIAL + "*"))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(workspace):
-    out = workspace / "runs" / "resume-test" / "terminated"
-    run = start(out, workspace)
-    wait_for(lambda: EVERY + 1 in logged_steps(out), run)
-    os.killpg(run.pid, signal.SIGTERM)  # every process of the run: launcher, ranks, loader workers
-    assert run.wait(timeout=300) == 0
-    log = out.with_suffix(".log").read_text()
-    stopped = logged_steps(out)[-1]
-    assert "stopped by a signal at step " in log and EVERY + 1 <= stopped < STEPS, log[-3000:]
-    saved = int(log.split("stopped by a signal at step ")[1].split(",")[0])
-    assert (out / "checkpoints" / LATEST).read_text() == tag(saved) and saved >= stopped
-    assert not (out / "done.json").exists()
-
-
 def live_processes(pgid: int) -> list[int]:
     """Processes of process group `pgid` that have not exited (zombies aside)."""
     pids = []
@@ -159,7 +145,10 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_sigterm_to_every_process_of_the_job_saves_and_exits_cleanly(workspace):
-    """What SLURM does at preemption or requeue: SIGTERM to every process of the job step, loader workers too."""
+    """What SLURM does at preemption or requeue: SIGTERM to every process of the job step, loader workers too.
+
+    It covers a signal to the process group (launcher and ranks; the workers have left it) as well.
+    """
     out = workspace / "runs" / "resume-test" / "slurm-stopped"
     run = start(out, workspace)
     wait_for(lambda: EVERY + 1 in logged_steps(out), run)
@@ -169,6 +158,8 @@ def test_sigterm_to_every_process_of_the_job_saves_and_exits_cleanly(workspace):
         os.kill(pid, signal.SIGTERM)
     assert run.wait(timeout=300) == 0, out.with_suffix(".log").read_text()[-3000:]
     log = out.with_suffix(".log").read_text()
-    assert "stopped by a signal at step " in log, log[-3000:]
+    stopped = logged_steps(out)[-1]
+    assert "stopped by a signal at step " in log and EVERY + 1 <= stopped < STEPS, log[-3000:]
     saved = int(log.split("stopped by a signal at step ")[1].split(",")[0])
-    assert (out / "checkpoints" / LATEST).read_text() == tag(saved)
+    assert (out / "checkpoints" / LATEST).read_text() == tag(saved) and saved >= stopped
+    assert not (out / "done.json").exists()
