@@ -110,8 +110,8 @@ def main() -> None:
         if i == args.warmup:
             sync()
             start = time.perf_counter()
-        batch = {k: v.to(device, dtype=torch.bfloat16 if v.is_floating_point() else None) for k, v in batch.items()}
-        out = engine(batch)
+        on_device = {k: v.to(device, dtype=torch.bfloat16 if v.is_floating_point() else None) for k, v in batch.items()}
+        out = engine(on_device)
         engine.backward(out["loss"])
         engine.step()
         if i >= args.warmup:

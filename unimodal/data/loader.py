@@ -203,12 +203,15 @@ def mix_lag(recipe: Recipe, accumulation: int) -> int:
     return -(-ahead // accumulation)
 
 
-def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1, stopping=None) -> TrainLoader:
+def build_train_loader(
+    recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1, stopping=None, pin_memory: bool = False
+) -> TrainLoader:
     """This rank's loader; `world` ranks x `data.workers` workers share the shards.
 
     `accumulation` (micro-batches per step) maps batches to steps for the target mix.
     `stopping` is the trainer's shared stop flag (`StepGuard.stopping`), for `serve_through_a_stop`.
     With loss-aware sampling the loader's dataset carries the `MixBoard` the trainer writes to.
+    `pin_memory` (for a GPU) pins each batch, so its copy to the device is asynchronous (unimodal/train/feed.py).
     """
     workers = recipe.data.workers
     slots = world * max(1, workers)
@@ -230,6 +233,7 @@ def build_train_loader(recipe: Recipe, rank: int, world: int = 1, accumulation: 
         num_workers=workers,
         prefetch_factor=PREFETCH if workers else None,
         persistent_workers=False,
+        pin_memory=pin_memory,
         worker_init_fn=functools.partial(serve_through_a_stop, stopping),
         # a worker sends its position with every 32nd batch, not every batch (the position of a
         # shuffle buffer is hundreds of coordinates); a restored loader replays the batches since

@@ -32,6 +32,7 @@ check this against FlopCounterMode on a real model.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from unimodal.config import OBJECTIVES
@@ -61,15 +62,16 @@ def forward_flops(cfg: ModelConfig, enc_len: int, dec_len: int, patches: dict[st
     return encoder_flops(cfg, enc_len) + decoder_flops(cfg, dec_len, enc_len) + stems
 
 
-def view_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def view_lengths(batch: dict[str, torch.Tensor]) -> np.ndarray:
     """Tokens in each sample's two views [N, 2] (a second view is empty unless contrastive or itm)."""
-    n, views = batch["dataset"].shape[0], view_ids(batch)
-    return torch.bincount(views[views >= 0], minlength=2 * n).view(n, 2)
+    n, views = batch["dataset"].shape[0], view_ids(batch).numpy()
+    return np.bincount(views[views >= 0], minlength=2 * n).reshape(n, 2)
 
 
-def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: torch.Tensor) -> int:
+def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: np.ndarray) -> int:
     """Forward FLOPs of the encoder-only objectives' heads on a batch with these `view_lengths`."""
-    d, modality, masked, objective = cfg.d_model, batch["modality"], batch["enc_masked"], batch["objective"]
+    d = cfg.d_model
+    modality, masked, objective = (batch[k].numpy() for k in ("modality", "enc_masked", "objective"))
     flops = 2 * d * cfg.vocab_size * int((masked & (modality == MODALITIES.index("text"))).sum())
     for m in PATCH_MODALITIES:
         flops += 2 * d * cfg.patch_dims[m] * int((masked & (modality == MODALITIES.index(m))).sum())
@@ -79,13 +81,15 @@ def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: torch.Te
 
 
 def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
-    """Training FLOPs (3x forward) of a collated batch, counting real tokens only.
+    """Training FLOPs (3x forward) of a collated batch on the host, counting real tokens only.
 
     Per view and per sample, so that samples packed into one row cost what they would alone.
+    Computed in numpy from the loader's host tensors, so the training step never waits on the device for it.
     """
     views = view_lengths(batch)
     enc = views.sum(1).tolist()
-    dec = torch.bincount(batch["dec_sample"][batch["dec_sample"] >= 0], minlength=len(enc)).tolist()
+    dec_sample = batch["dec_sample"].numpy()
+    dec = np.bincount(dec_sample[dec_sample >= 0], minlength=len(enc)).tolist()
     stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in PATCH_MODALITIES)
     body = sum(encoder_flops(cfg, e) for e in views.flatten().tolist())
     body += sum(decoder_flops(cfg, t, e) for t, e in zip(dec, enc))

@@ -24,18 +24,19 @@ from unimodal.train.comm import all_reduce_sum
 
 
 class Balancer:
-    def __init__(self, recipe: Recipe, loader, steps_done: int, state: dict | None = None):
+    def __init__(self, recipe: Recipe, loader, steps_done: int, state: dict | None = None, device: torch.device | str = "cpu"):
         self.names = [ds.name for ds in recipe.data.datasets]
         self.sampling = recipe.data.sampling
         self.board = loader.dataset.board  # None unless loss-aware
         self.policy = MixPolicy(recipe, self.board)
         n = len(self.names)
-        self.sums = torch.zeros(2 * n, dtype=torch.float64)  # per task: loss sum, samples; since the last update
+        # per task: loss sum, samples; since the last update. On the device: read back only when the mix is updated
+        self.sums = torch.zeros(2 * n, dtype=torch.float64, device=device)
         self.previous = np.full(n, np.nan)  # per task: mean loss in the last update window that saw it
         self.live: list[tuple[int, list[float]]] = []  # (applies from step, mix): published, possibly still in force
         self.target_sum, self.target_steps = np.zeros(n), 0
         if state:
-            self.sums = torch.tensor(state["sums"], dtype=torch.float64)
+            self.sums = torch.tensor(state["sums"], dtype=torch.float64, device=device)
             self.previous = np.array(state["previous"], dtype=np.float64)
             self.target_sum, self.target_steps = np.array(state["target_sum"]), int(state["target_steps"])
             for apply_from, mix in state["live"]:
@@ -47,9 +48,9 @@ class Balancer:
         """One micro-batch's per-sample losses, by dataset index."""
         if self.board is None:
             return
-        n, ds = len(self.names), dataset.cpu()
-        self.sums[:n].index_add_(0, ds, sample_loss.detach().double().cpu())
-        self.sums[n:].index_add_(0, ds, torch.ones(len(ds), dtype=torch.float64))
+        n = len(self.names)
+        self.sums[:n].index_add_(0, dataset, sample_loss.detach().double())
+        self.sums[n:].index_add_(0, dataset, torch.ones_like(sample_loss, dtype=torch.float64))
 
     def step(self, done: int) -> None:
         """After `done` optimiser steps: count the target of the step just trained; update the mix when due."""

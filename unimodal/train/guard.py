@@ -7,8 +7,11 @@ Past `train.max_nonfinite_steps` skips the run stops with `NonFiniteLoss`.
 
 SIGTERM and SIGUSR1 (what SLURM and Kubernetes send before preemption) only
 set a flag: a signal may reach one rank, all of them, or arrive mid-collective.
-Both answers travel in one two-number all_reduce per batch; the loop then
-finishes its step, saves a checkpoint and exits cleanly. `stopping`, in
+Both answers travel in one two-number all_reduce per batch, the flag of the
+loss computed on the device and read back once with the stop flag: the one
+host synchronisation a step keeps outside DeepSpeed, as the decision needs
+it before the backward pass. The loop then finishes its step, saves a
+checkpoint and exits cleanly. `stopping`, in
 shared memory, tells this rank's loader workers that the signal they may have
 got too (SLURM signals every process of a job) is one their trainer saves on
 (unimodal/data/worker_signals.py).
@@ -47,8 +50,8 @@ class StepGuard:
 
     def skip(self, loss: torch.Tensor, step: int) -> bool:
         """True when some rank's `loss` is not finite (then all ranks skip the batch); notes a stop request."""
-        local = [float(not torch.isfinite(loss.detach()).item()), float(self.received)]
-        bad, stop = all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+        flags = torch.stack([~torch.isfinite(loss.detach()), loss.new_full((), self.received, dtype=torch.bool)])
+        bad, stop = all_reduce_sum(flags.double()).tolist()  # the step's one wait on the device: a decision
         self.stop = self.stop or stop > 0
         if not bad:
             return False

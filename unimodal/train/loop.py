@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import deepspeed
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -35,6 +36,7 @@ from unimodal.train.balancer import Balancer
 from unimodal.train.checkpoint import DONE, full_state_dict, has_checkpoint, load_latest, remove_partial, save_checkpoint
 from unimodal.train.comm import all_reduce_sum
 from unimodal.train.engine import build_engine, model_config
+from unimodal.train.feed import DeviceFeed
 from unimodal.train.freeze import freeze_all_but
 from unimodal.train.guard import StepGuard
 from unimodal.train.memory import peak_memory_mib
@@ -46,32 +48,43 @@ from unimodal.train.start import check_start, describe, init_weights, layout, lo
 
 
 class Window:
-    """Sums over the steps since the last log record, reduced across ranks on demand."""
+    """Sums over the steps since the last log record, reduced across ranks when logged.
 
-    def __init__(self, n_datasets: int):
-        self.n = n_datasets
+    What comes from the host batch (tokens, samples, FLOPs, data wait) is summed
+    on the host; the losses stay on the device and are read back only when the
+    window is logged or saved, so the step never waits for them.
+    """
+
+    HOST = ("steps", "tokens", "samples", "padded", "data_wait", "flops")
+
+    def __init__(self, n_datasets: int, device: torch.device):
+        self.n, self.device = n_datasets, device
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(7 + 3 * self.n, dtype=torch.float64)
+        self.host = np.zeros(len(self.HOST) + self.n)  # then samples per dataset
+        self.losses = torch.zeros(1 + self.n, dtype=torch.float64, device=self.device)  # loss; per dataset
         self.start = time.perf_counter()
 
-    def add(self, out: dict, batch: dict, data_wait: float, flops: int) -> None:
-        real = batch["enc_mask"].sum() + (batch["dec_out"] != IGNORE_INDEX).sum()
-        padded = batch["enc_mask"].numel() + batch["dec_out"].numel()
-        s, n = self.sums, self.n
-        s[:7] += torch.tensor([out["loss"].item(), 1, real.item(), len(batch["dataset"]), padded, data_wait, flops])
-        ds = batch["dataset"].cpu()
-        s[7 : 7 + n].index_add_(0, ds, out["sample_loss"].detach().float().cpu().double())
-        s[7 + n : 7 + 2 * n].index_add_(0, ds, torch.ones(len(ds), dtype=torch.float64))
+    def add(self, out: dict, batch: dict, host_batch: dict, data_wait: float, flops: int) -> None:
+        """One micro-batch: the model's outputs, its batch on the device and as the loader gave it (host tensors)."""
+        enc_mask, dec_out = host_batch["enc_mask"].numpy(), host_batch["dec_out"].numpy()
+        dataset = host_batch["dataset"].numpy()
+        real = int(enc_mask.sum() + (dec_out != IGNORE_INDEX).sum())
+        self.host[: len(self.HOST)] += [1, real, len(dataset), enc_mask.size + dec_out.size, data_wait, flops]
+        self.host[len(self.HOST) :] += np.bincount(dataset, minlength=self.n)
+        self.losses[0] += out["loss"].detach().double()
+        self.losses[1:].index_add_(0, batch["dataset"], out["sample_loss"].detach().double())
 
     def record(self, step: int, lr: float, names: list[str], world: int, peak: float | None) -> dict:
-        sums = all_reduce_sum(self.sums)
+        local = torch.cat([torch.from_numpy(self.host), self.losses.cpu()])
+        sums = all_reduce_sum(local).tolist()
         elapsed = time.perf_counter() - self.start
-        loss, steps, tokens, samples, padded, wait, flops = sums[:7].tolist()
+        steps, tokens, samples, padded, wait, flops = sums[: len(self.HOST)]
+        counts, losses = sums[len(self.HOST) : len(self.HOST) + self.n], sums[len(self.HOST) + self.n :]
         rec = {
             "step": step,
-            "loss": loss / steps,
+            "loss": losses[0] / steps,
             "lr": lr,
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": samples / elapsed,
@@ -81,27 +94,19 @@ class Window:
         }
         if peak:
             rec["mfu"] = flops / elapsed / (peak * world)
-        for i, name in enumerate(names):
-            count = sums[7 + self.n + i].item()
+        for name, count, loss in zip(names, counts, losses[1:]):
             if count:
-                rec[f"loss/{name}"] = sums[7 + i].item() / count
+                rec[f"loss/{name}"] = loss / count
                 rec[f"samples/{name}"] = int(count)
         self.reset()
         return rec
 
-    def state_dict(self) -> list[float]:
-        return self.sums.tolist()
+    def state_dict(self) -> dict:
+        return {"host": self.host.tolist(), "losses": self.losses.tolist()}
 
-    def load_state_dict(self, sums: list[float]) -> None:
-        self.sums = torch.tensor(sums, dtype=torch.float64)
-
-
-def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    return {
-        k: v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
-        for k, v in batch.items()
-        if isinstance(v, torch.Tensor)
-    }
+    def load_state_dict(self, state: dict) -> None:
+        self.host = np.array(state["host"], dtype=np.float64)
+        self.losses = torch.tensor(state["losses"], dtype=torch.float64, device=self.device)
 
 
 class DataCounts:
@@ -161,8 +166,12 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
     if recipe.carry == "optimizer" and not resuming:
         load_optimizer_state(engine, Path(recipe.init_from))
     dtype = next(engine.module.parameters()).dtype
-    loader = build_train_loader(recipe, rank, world, engine.gradient_accumulation_steps(), guard.stopping)
-    peak, peak_source = peak_flops(torch.device(engine.device), dtype)
+    device = torch.device(engine.device)
+    loader = build_train_loader(
+        recipe, rank, world, engine.gradient_accumulation_steps(), guard.stopping, pin_memory=device.type == "cuda"
+    )
+    feed = DeviceFeed(device, dtype)
+    peak, peak_source = peak_flops(device, dtype)
 
     step, mine = 0, None  # mine: this rank's part of the checkpoint
     client_state = load_latest(engine, ckpt_dir) if resuming else None
@@ -173,7 +182,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         mine = client_state["ranks"][rank]
         loader.load_state_dict(mine["loader"])
     counts = DataCounts(recipe, mine["data"] if mine else None)
-    balancer = Balancer(recipe, loader, step, mine["balance"] if mine else None)
+    balancer = Balancer(recipe, loader, step, mine["balance"] if mine else None, device)
     if rank == 0:
         remove_partial(ckpt_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +196,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         )
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
     sample_log = SampleLog(out_dir, rank, step, recipe.logging.sample_log)
-    window = Window(len(names))
+    window = Window(len(names), device)
     batches = iter(loader)  # draws the workers' seeds from torch's generator: before its state is restored
     if mine:
         window.load_state_dict(mine["window"])
@@ -198,10 +207,10 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         trained = 0
         while trained < engine.gradient_accumulation_steps():
             t0 = time.perf_counter()
-            batch = next(batches)
-            meta = batch.pop("meta")
+            host = next(batches)
+            meta = host.pop("meta")
             counts.add(meta)
-            batch = to_device(batch, engine.device, dtype)
+            batch = feed(host)
             wait = time.perf_counter() - t0
             out = engine(batch)
             skip = guard.skip(out["loss"], step + 1)
@@ -210,7 +219,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
                 continue
             engine.backward(out["loss"])
             engine.step()
-            window.add(out, batch, wait, batch_train_flops(cfg, batch))
+            window.add(out, batch, host, wait, batch_train_flops(cfg, host))
             balancer.add(batch["dataset"], out["sample_loss"])
             trained += 1
         step += 1
@@ -219,7 +228,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         if step % recipe.logging.every == 0 or step == recipe.train.steps:
             record = window.record(step, engine.get_lr()[0], names, world, peak) | counts.record()
             record |= balancer.record(record)
-            record["peak_memory_mib"] = peak_memory_mib(torch.device(engine.device))[0]  # rank 0's, the logging rank
+            record["peak_memory_mib"] = peak_memory_mib(device)[0]  # rank 0's, the logging rank
             record["skipped_nonfinite"] = guard.skipped
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
@@ -256,7 +265,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         "parameters": n_params,
         "trainable_parameters": n_trainable,
     }
-    done["peak_memory_mib"], done["peak_memory_of"] = peak_memory_mib(torch.device(engine.device))
+    done["peak_memory_mib"], done["peak_memory_of"] = peak_memory_mib(device)
     if rank == 0:
         save_weights(out_dir, state, cfg)
         (out_dir / DONE).write_text(json.dumps(done, indent=2))
