@@ -68,9 +68,9 @@ def write_demo(
     at any scale. Image/video use round(scale * scans) of each split's scans.
     `speech`: see `use_speech`.
     """
+    speech = use_speech(speech)
     out_dir = Path(out_dir)
     digits = digit_scans(seed)
-    speech = use_speech(speech)
 
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
