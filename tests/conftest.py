@@ -20,12 +20,15 @@ SMOKE = REPO / "recipes" / "smoke"
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
-    """data/demo (a tenth of the demo's size) and runs/demo/tokenizer/sp.model."""
+    """data/demo (a tenth of the demo's size) and runs/demo/tokenizer/sp.model.
+
+    DTMF tones only (speech=False): the same shards on every machine, espeak-ng or not, so
+    the tests that train or evaluate on the audio see the same samples everywhere."""
     from unimodal.data.demo import write_demo
     from unimodal.tokenize.text import shard_texts, train_text_tokenizer
 
     root = tmp_path_factory.mktemp("workspace")
-    write_demo(root / "data" / "demo", scale=0.1, seed=0)
+    write_demo(root / "data" / "demo", scale=0.1, seed=0, speech=False)
     shards = [str(p) for p in sorted((root / "data" / "demo" / "train").glob("*.tar"))]
     train_text_tokenizer(shard_texts(shards), root / "runs" / "demo" / "tokenizer", vocab_size=256)
     return root

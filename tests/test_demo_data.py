@@ -1,9 +1,15 @@
-"""The demo shards: layout, raw readability, and that every sample says what its label says."""
+"""The demo shards: layout, raw readability, and that every sample says what its label says.
+
+The shards under test are written with speech=False (DTMF tones only), the same bytes on
+every machine; the speech path is tested on a fake espeak-ng everywhere, and on the real
+one where it is installed (skipped, saying so, where it is not).
+"""
 
 import io
 import json
 import os
 import re
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -15,7 +21,7 @@ import soundfile
 import webdataset as wds
 from PIL import Image
 
-from unimodal.data.demo import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, write_demo
+from unimodal.data.demo import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, use_speech, write_demo
 from unimodal.data.index import shard_samples
 
 SCALE = 0.02
@@ -30,7 +36,7 @@ FIELDS = {
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return out, write_demo(out, scale=SCALE, seed=0)
+    return out, write_demo(out, scale=SCALE, seed=0, speech=False)
 
 
 def shards(out: Path, split: str, modality: str) -> list[str]:
@@ -122,17 +128,23 @@ def test_audio_is_1s_16k_dtmf_of_its_digit(demo):
         meta = json.loads(sample["json"])
         assert rate == SAMPLE_RATE and wave.shape == (SAMPLE_RATE,)
         assert sample["txt"].decode() == WORDS[meta["label"]]
-        assert meta["source"] == "dtmf"  # no espeak-ng on the test machines
+        assert meta["source"] == "dtmf"  # speech=False, whatever the machine has
         low, high = dtmf_peaks(wave)
         want_low, want_high = keypad_hz(meta["label"])
         assert abs(low - want_low) <= 3 and abs(high - want_high) <= 3
 
 
 def test_espeak_path(tmp_path, monkeypatch):
-    """With espeak-ng on PATH, half the clips are its speech, resampled to 1 s at 16 kHz.
+    """With espeak-ng on PATH, half the clips are its speech, resampled to 1 s at 16 kHz;
+    speech is used by default only where espeak-ng is found, and asking for it without one fails.
 
     The fake espeak-ng says every word as 0.7 s of 440 Hz at 22.05 kHz, as the real one's rate.
     """
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH: no espeak-ng
+    assert use_speech(None) is False and use_speech(False) is False
+    with pytest.raises(FileNotFoundError, match="speech=True needs espeak-ng on PATH"):
+        write_demo(tmp_path / "demo", speech=True)
+    assert not (tmp_path / "demo").exists()
     fake = tmp_path / "espeak-ng"
     fake.write_text(
         f"#!{sys.executable}\n"
@@ -145,6 +157,7 @@ def test_espeak_path(tmp_path, monkeypatch):
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert use_speech(None) is True and use_speech(False) is False
     made = list(audio_samples(8, np.random.default_rng(0), speech=True))
     spoken = [s for s in made if s["json"]["source"] == "espeak"]
     assert 0 < len(spoken) < len(made)
@@ -152,6 +165,22 @@ def test_espeak_path(tmp_path, monkeypatch):
         wave, rate = soundfile.read(io.BytesIO(sample["wav"]), dtype="float32")
         assert rate == SAMPLE_RATE and wave.shape == (SAMPLE_RATE,)
         assert abs(int(np.argmax(np.abs(np.fft.rfft(wave)))) - 440) <= 2
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed: speech tested on a fake one only")
+def test_real_espeak_speech():
+    """Where espeak-ng is installed the default uses it: half the clips are voiced speech, with
+    power below 600 Hz (a keypad's lowest tone is 697 Hz), 1 s at 16 kHz."""
+    assert use_speech(None) is True
+    made = list(audio_samples(12, np.random.default_rng(0), speech=True))
+    sources = [s["json"]["source"] for s in made]
+    assert 0 < sources.count("espeak") < len(made)
+    for sample, source in zip(made, sources):
+        wave, rate = soundfile.read(io.BytesIO(sample["wav"]), dtype="float32")
+        assert rate == SAMPLE_RATE and wave.shape == (SAMPLE_RATE,)
+        power = np.abs(np.fft.rfft(wave)) ** 2
+        below = power[50:600].sum() / power.sum()
+        assert below > 0.1 if source == "espeak" else below < 0.05, (sample["json"], below)
 
 
 def test_video_moves_its_digit_the_labelled_way(demo):
@@ -180,8 +209,8 @@ def test_text_numerals_match_words(demo):
 
 def test_same_seed_same_bytes(demo, tmp_path):
     out, _ = demo
-    write_demo(tmp_path / "again", scale=SCALE, seed=0)
-    write_demo(tmp_path / "other", scale=SCALE, seed=1)
+    write_demo(tmp_path / "again", scale=SCALE, seed=0, speech=False)
+    write_demo(tmp_path / "other", scale=SCALE, seed=1, speech=False)
     for tar in sorted(out.rglob("*.tar")):
         relative = tar.relative_to(out)
         assert tar.read_bytes() == (tmp_path / "again" / relative).read_bytes()

@@ -1,6 +1,6 @@
 """The objectives (seq2seq, mlm, mim, contrastive, itm) on the demo's real shards.
 
-Each learns a fixed batch; mlm and mim read the encoder only at masked
+Each learns a fixed batch (itm's made here: tones and words the test chooses); mlm and mim read the encoder only at masked
 positions; contrastive is InfoNCE over the batch, and over both ranks' pairs
 when two gloo ranks gather them; mixed and packed batches keep every sample's
 loss its own and reach every parameter; FLOPs and evaluation handle them all.
@@ -14,6 +14,7 @@ import os
 from dataclasses import replace
 from itertools import islice
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import SMOKE, unimodal
 from unimodal.config import OBJECTIVES, Recipe, RecipeError, expand_shards, load_recipe, read_yaml
 from unimodal.data.decode import decode_example
+from unimodal.data.demo import WORDS, digit_sound
 from unimodal.data.stream import eval_samples
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.flops import batch_train_flops, decoder_flops, view_lengths
@@ -81,6 +83,14 @@ def sequences(recipe: Recipe, tokenizer: MultimodalTokenizer, d: int, n: int) ->
     return [tokenizer(decode_example(raw, d, ds, recipe.tokenizer)) for raw in raws]
 
 
+def tone_word_pairs(recipe: Recipe, tokenizer: MultimodalTokenizer, digits: list[int], seed: int = 0) -> list[TokenSequence]:
+    """itm samples chosen here, not drawn from the shards: each digit's DTMF tone (the demo's, from a
+    generator seeded `seed`) with its word, tokenized as the loader does."""
+    rng, ds = np.random.default_rng(seed), recipe.data.datasets[ITM]
+    raws = [{"__key__": f"pair-{i}", "wav": digit_sound(d, rng, speech=False)[0], "txt": WORDS[d].encode()} for i, d in enumerate(digits)]
+    return [tokenizer(decode_example(raw, ITM, ds, recipe.tokenizer)) for raw in raws]
+
+
 def batch_of(tokenizer: MultimodalTokenizer, seqs: list[TokenSequence], per_row: int = 1) -> dict[str, torch.Tensor]:
     rows = [seqs[i : i + per_row] for i in range(0, len(seqs), per_row)]
     return collate_rows(pair_negatives(rows), tokenizer.patch_dims, BOS_ID)
@@ -123,8 +133,13 @@ def test_recipe_fields_name_the_mistake():
 
 @pytest.mark.parametrize("d", range(5), ids=OBJECTIVES)
 def test_each_objective_learns_a_fixed_batch(recipe, tokenizer, d):
-    batch = batch_of(tokenizer, sequences(recipe, tokenizer, d, 8))
+    # itm: digits 0-7, each sample matched with its word and mismatched with the next one's, so every
+    # word is once in a matched and once in a mismatched view: only the pairing tells them apart
+    seqs = tone_word_pairs(recipe, tokenizer, list(range(8))) if d == ITM else sequences(recipe, tokenizer, d, 8)
+    batch = batch_of(tokenizer, seqs)
     assert (batch["objective"] == OBJECTIVES.index(recipe.data.datasets[d].objective)).all()
+    if d == ITM:
+        assert (view_lengths(batch) > 0).all()  # every sample's matched view and its mismatched one
     model = new_model(tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)  # higher, contrastive can collapse (loss log 8)
     losses = []

@@ -36,7 +36,7 @@ DEMO_DATA, DEMO_RUNS, DEMO_CURRICULUM = Path("data/demo"), Path("runs/demo"), Pa
 def cmd_data_demo(args) -> None:
     from unimodal.data.demo import write_demo
 
-    counts = write_demo(args.out_dir, scale=args.scale, seed=args.seed)
+    counts = write_demo(args.out_dir, scale=args.scale, seed=args.seed, speech=args.speech)
     print(json.dumps(counts))
 
 
@@ -50,7 +50,7 @@ def cmd_data_avmnist(args) -> None:
     from unimodal.data.avmnist import write_avmnist
 
     degradation = {k: v for k, v in (("noise", args.noise), ("occlusion", args.occlusion), ("copies", args.copies)) if v is not None}
-    counts = write_avmnist(args.out_dir, scale=args.scale, seed=args.seed, **degradation)
+    counts = write_avmnist(args.out_dir, scale=args.scale, seed=args.seed, speech=args.speech, **degradation)
     print(json.dumps(counts))
 
 
@@ -171,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("out_dir", type=Path)
     q.add_argument("--scale", type=float, default=1.0, help="multiply the default sample counts")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--speech", action=argparse.BooleanOptionalAction, help="half the sounds espeak-ng speech, or DTMF tones only (default: speech where espeak-ng is installed)")
     q.set_defaults(func=cmd_data_demo)
     q = data.add_parser("avmnist", help="write AV-MNIST-style pairs: a degraded digit scan and its sound (train only), for OS-MD")
     q.add_argument("out_dir", type=Path)
@@ -179,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--noise", type=float, help="image noise std, a fraction of the pixel range (default 0: none)")
     q.add_argument("--occlusion", type=int, help="side of the black square hiding part of each scan, px (default 16)")
     q.add_argument("--copies", type=int, help="times each train scan is written, degraded afresh (default 2)")
+    q.add_argument("--speech", action=argparse.BooleanOptionalAction, help="half the sounds espeak-ng speech, or DTMF tones only (default: speech where espeak-ng is installed)")
     q.set_defaults(func=cmd_data_avmnist)
     q = data.add_parser("shifted", help="write the demo's digit scans inverted and noisy, a new domain for recipes/adapt")
     q.add_argument("out_dir", type=Path)

@@ -7,8 +7,8 @@ unsure, with the same digit spoken. Here, from the demo's sources
 
     png   a sklearn digit scan at 32x32, degraded: an occluding black square at a
           random place, optionally white noise; the ordinary modality
-    wav   the same digit as sound (DTMF tone, or espeak-ng speech if installed),
-          in noise; the privileged modality, written for training samples only
+    wav   the same digit as sound (DTMF tone, or espeak-ng speech: `speech`, as the
+          demo's), in noise; the privileged modality, written for training samples only
     txt   the digit word: the target, never an input
     json  {"label", "word"}
 
@@ -22,19 +22,18 @@ Test scans are held out of train (the demo's split). Every train scan is
 written `copies` times, each with its own degradation and sound. The same
 arguments write the same bytes.
 
-    unimodal data avmnist data/avmnist [--scale 0.1] [--noise 0.1] [--occlusion 16]
+    unimodal data avmnist data/avmnist [--scale 0.1] [--noise 0.1] [--occlusion 16] [--speech | --no-speech]
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from unimodal.data.demo import IMAGE_SIZE, TRAIN_SHARDS, WORDS, digit_scans, digit_sound, png, upscale, write_shards
+from unimodal.data.demo import IMAGE_SIZE, TRAIN_SHARDS, WORDS, digit_scans, digit_sound, png, upscale, use_speech, write_shards
 
 PREFIX = "avmnist"
 # Defaults: the tiny model's image-only accuracy about 0.5 (bench/RESULTS.md, OS-MD). Noise costs it far more than
@@ -52,10 +51,11 @@ def degrade(scan: np.ndarray, rng: np.random.Generator, noise: float, occlusion:
     return Image.fromarray(np.clip(image, 0, 255).round().astype(np.uint8))
 
 
-def paired_samples(scans, labels, rng: np.random.Generator, copies: int, sound: bool, noise: float, occlusion: int):
-    """Each scan `copies` times in a shuffled order: degraded image, the digit's sound (if `sound`), the word."""
+def paired_samples(
+    scans, labels, rng: np.random.Generator, copies: int, sound: bool, noise: float, occlusion: int, speech: bool
+):
+    """Each scan `copies` times in a shuffled order: degraded image, the digit's sound (if `sound`; speech or not), the word."""
     order = rng.permutation(np.repeat(np.arange(len(scans)), copies))
-    speech = shutil.which("espeak-ng") is not None
     for i in order:
         label = int(labels[i])
         sample = {
@@ -76,20 +76,23 @@ def write_avmnist(
     noise: float = NOISE,
     occlusion: int = OCCLUSION,
     copies: int = COPIES,
+    speech: bool | None = None,
 ) -> dict[str, int]:
-    """Write the paired shards under `out_dir`; return {split: samples}. `scale` takes a fraction of the scans."""
+    """Write the paired shards under `out_dir`; return {split: samples}. `scale` takes a fraction of the scans;
+    `speech` as the demo's (`unimodal.data.demo.use_speech`)."""
     if not 0 <= occlusion <= IMAGE_SIZE:
         raise ValueError(f"occlusion {occlusion}: a square side in pixels, 0 to {IMAGE_SIZE}")
     if noise < 0 or copies < 1:
         raise ValueError(f"noise {noise} must be >= 0 and copies {copies} >= 1")
     out_dir = Path(out_dir)
+    speech = use_speech(speech)
     counts = {}
     for split_id, (split, (scans, labels)) in enumerate(digit_scans(seed).items()):
         train = split == "train"
         n = max(TRAIN_SHARDS if train else 1, round(scale * len(scans)))
         rng = np.random.default_rng([seed, split_id, 7])
         n_copies = copies if train else 1
-        samples = paired_samples(scans[:n], labels[:n], rng, n_copies, train, noise, occlusion)
+        samples = paired_samples(scans[:n], labels[:n], rng, n_copies, train, noise, occlusion, speech)
         counts[split] = write_shards(out_dir / split, PREFIX, split, samples, n * n_copies, TRAIN_SHARDS if train else 1)
     (out_dir / "index.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts

@@ -4,7 +4,8 @@ All four modalities are built from one idea, the digits 0-9, so a model can
 learn something checkable in minutes:
 
     image  sklearn's 1,797 real 8x8 handwritten digit scans, as 32x32 PNGs
-    audio  the digit as sound: a DTMF keypad tone (or espeak-ng speech if installed)
+    audio  the digit as sound: a DTMF keypad tone, or half the clips espeak-ng speech
+           (`speech`: by default where espeak-ng is installed)
     video  a digit scan sliding left or right across a 32x32 canvas, as MP4
     text   digit words to numerals: "four one two" -> "412"
 
@@ -16,9 +17,9 @@ Layout (shards are plain tars, one sample = members sharing a key):
     out_dir/index.json      sample counts per split and modality
 
 Image and video test samples come from scans held out of train, never shared.
-The same seed writes the same bytes.
+The same seed writes the same bytes (with speech, on the same espeak-ng).
 
-    unimodal data demo data/demo [--scale 0.1]
+    unimodal data demo data/demo [--scale 0.1] [--speech | --no-speech]
 """
 
 from __future__ import annotations
@@ -59,16 +60,17 @@ DEFAULT_COUNTS = {"audio": {"train": 2000, "test": 300}, "text": {"train": 4000,
 
 
 def write_demo(
-    out_dir: str | Path, *, scale: float = 1.0, seed: int = 0
+    out_dir: str | Path, *, scale: float = 1.0, seed: int = 0, speech: bool | None = None
 ) -> dict[str, dict[str, int]]:
     """Write the demo shards under `out_dir`; return {split: {modality: samples}}.
 
     `scale` multiplies every sample count (tests use 0.02); layout is the same
     at any scale. Image/video use round(scale * scans) of each split's scans.
+    `speech`: see `use_speech`.
     """
+    speech = use_speech(speech)
     out_dir = Path(out_dir)
     digits = digit_scans(seed)
-    speech = shutil.which("espeak-ng") is not None
 
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
@@ -98,6 +100,16 @@ def write_demo(
 
     (out_dir / "index.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts
+
+
+def use_speech(speech: bool | None) -> bool:
+    """Whether half the audio clips are espeak-ng speech: `speech` as given (True needs
+    espeak-ng on PATH), or where it is installed when None. False: DTMF tones only, the
+    same bytes on every machine."""
+    installed = shutil.which("espeak-ng") is not None
+    if speech and not installed:
+        raise FileNotFoundError("speech=True needs espeak-ng on PATH (apt-get install espeak-ng); speech=False writes DTMF tones only")
+    return installed if speech is None else speech
 
 
 def digit_scans(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 
 from unimodal.model import UnifiedModel
-from unimodal.model.unified import TEXT, pool_views
+from unimodal.model.unified import TEXT, pool_inputs, pool_views
 from unimodal.tokenize.text import BOS_ID, EOS_ID, TextTokenizer
 
 Batches = Iterable[tuple[dict[str, torch.Tensor], tuple]]
@@ -45,10 +45,10 @@ def match_predictions(model: UnifiedModel, batches: Batches) -> tuple[torch.Tens
     said, truth = [], []
     for batch, _ in batches:
         memory, _ = model.encode(batch)
-        pooled, sizes = pool_views(memory, batch)
+        sizes = pool_views(memory, batch)[1]
         present = sizes.flatten() > 0  # a view dropped for want of a negative is not scored
-        said.append((model.itm.logits(pooled.flatten(0, 1)) > 0)[present])
-        truth.append(torch.tensor([True, False]).repeat(len(pooled))[present])
+        said.append((model.itm.logits(pool_inputs(memory, batch).flatten(0, 1)) > 0)[present])
+        truth.append(torch.tensor([True, False]).repeat(len(sizes))[present])
     return torch.cat(said), torch.cat(truth)
 
 

@@ -18,7 +18,7 @@ and E encoder tokens, P_m patches of modality m with flat size p_m:
     LM head              (T + K) * 2 d V            K: masked text tokens (mlm)
     mim head             sum_m M_m * 2 d p_m        M_m: masked patches of modality m
     contrastive          n * 2 * 2 d^2 + 4 n^2 d    n pairs: both views projected; both similarity matrices
-    itm head             2 d per view
+    itm head             6 d per view               the two inputs pooled and their product
 
 Causal attention is counted in full, as PyTorch's FlopCounterMode and most
 published MFU figures count it; embeddings, norms, pooling and softmax are
@@ -77,7 +77,7 @@ def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: np.ndarr
         flops += 2 * d * cfg.patch_dims[m] * int((masked & (modality == MODALITIES.index(m))).sum())
     pairs = int((objective == OBJECTIVES.index("contrastive")).sum())
     flops += pairs * 4 * d * d + 4 * pairs * pairs * d
-    return flops + 2 * d * int((views[objective == OBJECTIVES.index("itm")] > 0).sum())
+    return flops + 6 * d * int((views[objective == OBJECTIVES.index("itm")] > 0).sum())
 
 
 def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:

@@ -44,16 +44,36 @@ def view_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.where(sample >= 0, 2 * sample + batch["enc_view"], -1)
 
 
-def pool_views(memory: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean encoder state of each sample's two views [N, 2, d] (summed in fp32), and their token counts [N, 2]."""
-    n = batch["dataset"].shape[0]
-    views = view_ids(batch).flatten()
-    slot = torch.where(views >= 0, views, 2 * n)  # padding into a spare slot
-    sums = memory.new_zeros(2 * n + 1, memory.shape[-1], dtype=torch.float32)
+def slot_means(memory: torch.Tensor, slot: torch.Tensor, n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean encoder state per slot [n_slots, d] (summed in fp32) of tokens numbered by `slot` [B, L] (-1: none), and the token counts."""
+    slot = torch.where(slot >= 0, slot, n_slots).flatten()  # padding into a spare slot
+    sums = memory.new_zeros(n_slots + 1, memory.shape[-1], dtype=torch.float32)
     sums.index_add_(0, slot, memory.flatten(0, 1).float())
-    counts = torch.zeros(2 * n + 1, device=memory.device).index_add_(0, slot, torch.ones_like(slot, dtype=torch.float32))
-    means = sums[: 2 * n] / counts[: 2 * n].clamp(min=1).unsqueeze(-1)
-    return means.view(n, 2, -1).to(memory.dtype), counts[: 2 * n].view(n, 2)
+    counts = torch.zeros(n_slots + 1, device=memory.device).index_add_(0, slot, torch.ones_like(slot, dtype=torch.float32))
+    return sums[:n_slots] / counts[:n_slots].clamp(min=1).unsqueeze(-1), counts[:n_slots]
+
+
+def pool_views(memory: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean encoder state of each sample's two views [N, 2, d], and their token counts [N, 2]."""
+    n = batch["dataset"].shape[0]
+    means, counts = slot_means(memory, view_ids(batch), 2 * n)
+    return means.view(n, 2, -1).to(memory.dtype), counts.view(n, 2)
+
+
+def pool_inputs(memory: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """itm: mean encoder state of each of a view's two inputs [N, 2 views, 2 inputs, d], in modality order.
+
+    A dataset's inputs are keyed by modality, so an itm view's tokens of one
+    modality are one input. A view without tokens (a dropped negative), and a
+    sample of another objective, get whatever comes out: nothing scores them.
+    """
+    n, m = batch["dataset"].shape[0], len(MODALITIES)
+    views = view_ids(batch)
+    means, counts = slot_means(memory, torch.where(views >= 0, views * m + batch["modality"], -1), 2 * n * m)
+    means, counts = means.view(n, 2, m, -1), counts.view(n, 2, m)
+    modality = torch.arange(m, device=memory.device)
+    present = torch.sort(torch.where(counts > 0, modality, m), dim=-1).values[..., :2].clamp(max=m - 1)
+    return means.gather(2, present.unsqueeze(-1).expand(-1, -1, -1, means.shape[-1])).to(memory.dtype)
 
 
 def scored_items(batch: dict[str, torch.Tensor], gather_pairs: bool) -> dict:
@@ -236,7 +256,7 @@ class UnifiedModel(nn.Module):
         terms.add(self.mim(states, pixels), owner)
 
     def _compare_views(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> None:
-        """contrastive and itm, on each sample's two mean-pooled views."""
+        """contrastive, on each sample's two mean-pooled views; itm, on each view's two mean-pooled inputs."""
         pooled, sizes = pool_views(memory, batch)
         pairs = items["contrastive"]
         adapted = self.adapter(pooled[pairs])
@@ -244,7 +264,7 @@ class UnifiedModel(nn.Module):
         itm = items["itm"]
         matched = torch.tensor([True, False], device=itm.device).repeat(len(itm))  # view 0 matched, view 1 not
         owner = torch.where(sizes[itm].flatten() > 0, itm.repeat_interleave(2), -1)  # a dropped negative has no tokens
-        terms.add(self.itm(pooled[itm].flatten(0, 1), matched), owner)
+        terms.add(self.itm(pool_inputs(memory, batch)[itm].flatten(0, 1), matched), owner)
 
     @torch.no_grad()
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
