@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, SMOKE, unimodal, unimodal_env
+from conftest import SMOKE, unimodal, unimodal_env
 from test_resume import deterministic, descendants, logged_steps
 from unimodal.config import RecipeError, load_recipe
 from unimodal.train import checkpoint
@@ -120,26 +121,56 @@ def test_archive_renames_an_earlier_run_and_leaves_a_directory_without_one(tmp_p
 # --- a failed save, a damaged checkpoint ---------------------------------------------------------------------
 
 
+def run_files(out: Path) -> dict[Path, bytes]:
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "wandb" not in p.parts}
+
+
 @pytest.fixture(scope="module")
-def twice(workspace):
-    """The same 2-rank command run twice, no flag: the second resumes the first at its last step."""
+def first(workspace) -> tuple[Path, list[dict]]:
+    """A 2-rank run of the smoke stage 1 and its deterministic metrics: the uninterrupted reference."""
     out = workspace / "runs" / "faults" / "twice"
-    first = train(out, workspace)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    before = {p.relative_to(out): p.read_bytes() for p in sorted((out / "checkpoints").rglob("*")) if p.is_file()}
-    metrics = (out / "metrics.jsonl").read_text()
-    second = train(out, workspace)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return out, before, metrics, second
+    result = train(out, workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, deterministic(out)
 
 
-def test_the_same_command_run_twice_resumes_and_deletes_nothing(twice):
-    out, before, metrics, second = twice
-    assert f"resuming at step {STEPS}" in second.stdout
-    after = {p.relative_to(out): p.read_bytes() for p in sorted((out / "checkpoints").rglob("*")) if p.is_file()}
-    assert after == before and (out / "metrics.jsonl").read_text() == metrics
-    assert logged_steps(out) == list(range(1, STEPS + 1))
-    assert not (out / LOCK).exists()  # released at the end
+def test_run_again_resumes_a_damaged_latest_falls_back_and_fresh_keeps_the_earlier_run(first, workspace):
+    out, reference = first
+    before = run_files(out)
+    again = train(out, workspace)  # the same command, no flag: a resubmitted job
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming at step {STEPS}" in again.stdout
+    after = run_files(out)
+    assert {p: after.get(p) for p in before if p.name not in ("done.json", "recipe.yaml")} == {
+        p: b for p, b in before.items() if p.name not in ("done.json", "recipe.yaml")
+    }  # nothing deleted or changed but the run's record of itself
+    assert deterministic(out) == reference and not (out / LOCK).exists()
+
+    state = out / "checkpoints" / tag(STEPS) / "mp_rank_00_model_states.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # `latest`, complete, then cut short
+    fallback = train(out, workspace)
+    assert fallback.returncode == 0, fallback.stdout[-3000:] + fallback.stderr[-3000:]
+    assert f"{out / 'checkpoints' / tag(STEPS)} could not be loaded" in fallback.stdout
+    assert f"resuming at step {STEPS - EVERY}" in fallback.stdout
+    assert deterministic(out) == reference  # the steps after the fallback trained again, exactly
+    assert (out / "checkpoints" / LATEST).read_text() == tag(STEPS)
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        acquire(out, 900, holder.pid)
+        before = run_files(out)
+        refused = train(out, workspace, "--fresh")
+        assert refused.returncode == 2 and f"is being written by another run (pid {holder.pid}" in refused.stderr
+        assert run_files(out) == before and not list(out.parent.glob("twice.*"))  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+    fresh = train(out, workspace, "--fresh", sets=("train.steps=1",))
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    [kept] = out.parent.glob("twice.*")
+    assert f"taking over {out / LOCK}" in fresh.stdout and f"kept as {kept}" in fresh.stdout
+    assert deterministic(kept) == reference and sorted(saved_steps(kept / "checkpoints")) == [2, 4, 6]
+    assert logged_steps(out) == [1] and deterministic(out)[0] == reference[0]
 
 
 class Engine:
@@ -180,3 +211,75 @@ def test_a_failed_save_leaves_latest_and_a_damaged_latest_falls_back(tmp_path, m
     engine = Engine()
     assert load_latest(engine, ckpt) == {"step": 2} and engine.loaded == [tag(4), tag(2)]
     assert f"{ckpt / tag(4)} could not be loaded" in capsys.readouterr().out
+
+
+# --- a rank killed under torchrun; a rank stopped -------------------------------------------------------------
+
+
+def rank_pids(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the ranks under `launcher` (torchrun's agent or `unimodal train`)."""
+    ranks = {}
+    for pid in descendants(launcher):
+        try:
+            env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            continue
+        if "unimodal.train" in cmdline and "RANK" in env:
+            ranks.setdefault(int(env["RANK"]), pid)  # the rank itself, not its loader workers: the first found
+    return ranks
+
+
+def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, cwd=cwd, env=unimodal_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(ready, run: subprocess.Popen, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert run.poll() is None, f"the run ended (status {run.returncode}) before the moment for the fault"
+        assert time.monotonic() < deadline, "timed out waiting for the moment for the fault"
+        time.sleep(0.05)
+
+
+def test_a_rank_killed_under_torchrun_restarts_resumes_and_gives_the_uninterrupted_losses(first, workspace):
+    out = workspace / "runs" / "faults" / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+           "-m", "unimodal.train", str(SMOKE / "stage1.yaml"), *set_args(out)]
+    run = start(cmd, workspace, out.with_suffix(".log"))
+    try:
+        wait_for(lambda: (out / "checkpoints" / LATEST).is_file(), run)
+        first_round = [run.pid, *descendants(run.pid)]
+        os.kill(rank_pids(run.pid)[1], signal.SIGKILL)
+        assert run.wait(timeout=400) == 0, out.with_suffix(".log").read_text()[-4000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    log = out.with_suffix(".log").read_text()
+    assert f"resuming at step {EVERY}" in log, log[-4000:]
+    assert deterministic(out) == first[1]  # every step to the last, each loss bit for bit
+    deadline = time.monotonic() + 60
+    while [p for p in first_round if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]]:
+        assert time.monotonic() < deadline, "processes of the first round (ranks, loader workers) outlived the job"
+        time.sleep(0.5)
+
+
+def test_a_stopped_rank_ends_the_job_within_the_collective_timeout_naming_the_step(workspace):
+    out = workspace / "runs" / "faults" / "stopped"
+    timeout_s = 30
+    cmd = [sys.executable, "-m", "unimodal.cli", "train", str(SMOKE / "stage1.yaml"), "--nproc", "2",
+           *set_args(out, f"train.collective_timeout_s={timeout_s}", "train.steps=1000")]
+    run = start(cmd, workspace, out.with_suffix(".log"))
+    try:
+        wait_for(lambda: 2 in logged_steps(out), run)
+        os.kill(rank_pids(run.pid)[1], signal.SIGSTOP)
+        stopped = time.monotonic()
+        code = run.wait(timeout=timeout_s + 120)
+        waited = time.monotonic() - stopped
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    log = out.with_suffix(".log").read_text()
+    assert code == 1 and waited < timeout_s + 60, (code, waited, log[-3000:])
+    assert re.search(rf"error: rank 0: \w+ after step \d+ failed or waited over train.collective_timeout_s={timeout_s} s", log), log[-3000:]

@@ -65,9 +65,6 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointSaveFailed as err:
         print(f"error: rank {dist.get_rank()}: {err}", file=sys.stderr)
         code = 1
-    except dist.DistError as err:
-        print(f"error: rank {dist.get_rank()}: {collective_failed(err, recipe.train.collective_timeout_s)}", file=sys.stderr)
-        code = 1
     except TooManyBadSamples as err:  # raised in a loader worker: its message carries the traceback
         print(f"error: {str(err).strip().splitlines()[-1].split('TooManyBadSamples: ')[-1]}", file=sys.stderr)
         code = 1
@@ -75,16 +72,21 @@ def main(argv: list[str] | None = None) -> None:
         if dist.get_rank() == 0:
             print(f"error: {err}", file=sys.stderr)
         code = 1
-    except Exception:
-        traceback.print_exc()
+    except Exception as err:  # gloo reports a lost or stopped peer as a RuntimeError
+        failed = collective_failed(err, recipe.train.collective_timeout_s)
+        if failed:
+            print(f"error: rank {dist.get_rank()}: {failed}", file=sys.stderr)
+        else:
+            traceback.print_exc()
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def collective_failed(err: Exception, timeout_s: float) -> str:
-    """What failed, read off the traceback: the collective (torch.distributed's function) and the step it was in."""
+def collective_failed(err: Exception, timeout_s: float) -> str | None:
+    """What failed, read off the traceback: the collective (torch.distributed's function) and the step it was
+    in; None for an error outside a collective."""
     collective, step = None, None
     tb: TracebackType | None = err.__traceback__
     while tb is not None:
@@ -94,9 +96,11 @@ def collective_failed(err: Exception, timeout_s: float) -> str:
         if code is train.__code__:
             step = tb.tb_frame.f_locals.get("step")
         tb = tb.tb_next
+    if collective is None:
+        return None
     where = f"after step {step}" if step is not None else "while the stage was being set up"
     return (
-        f"{collective or 'a collective'} {where} failed or waited over train.collective_timeout_s={timeout_s:g} s "
+        f"{collective} {where} failed or waited over train.collective_timeout_s={timeout_s:g} s "
         f"(a rank hung, stopped or died): {str(err).strip().splitlines()[0]}"
     )
 

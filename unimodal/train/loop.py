@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as dist
 import yaml
@@ -34,7 +32,7 @@ from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
 from unimodal.train.balancer import Balancer
 from unimodal.train.checkpoint import DONE, full_state_dict, load_latest, remove_partial, save_checkpoint
-from unimodal.train.comm import all_reduce_sum
+from unimodal.train.comm import all_reduce_sum, init_distributed
 from unimodal.train.engine import build_engine, model_config
 from unimodal.train.freeze import freeze_all_but
 from unimodal.train.guard import StepGuard
@@ -145,7 +143,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     (unimodal/train/resume.py); `resume=False` starts over, the earlier run moved aside.
     """
     guard = StepGuard(recipe.name, recipe.train.max_nonfinite_steps)  # first: a stop signal must not kill the rank
-    deepspeed.init_distributed(timeout=timedelta(seconds=recipe.train.collective_timeout_s))
+    init_distributed(recipe.train.collective_timeout_s)
     rank, world = dist.get_rank(), dist.get_world_size()
     resuming = agree(recipe, resume)  # then everything comes from the stage's own checkpoint
     out_dir = recipe.train.output_dir
