@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SMOKE, unimodal, unimodal_env
+from conftest import SMOKE, unimodal_env
 from test_resume import deterministic, descendants, logged_steps
 from unimodal.config import RecipeError, load_recipe
 from unimodal.train import checkpoint
@@ -38,8 +38,14 @@ def set_args(out: Path, *extra: str) -> list[str]:
     return [a for s in [*SETS, *extra, f"train.output_dir={out}"] for a in ("--set", s)]
 
 
+def env() -> dict[str, str]:
+    """One thread a rank, as torchrun sets it: the same sums in the same order, so runs under either launcher compare."""
+    return unimodal_env() | {"OMP_NUM_THREADS": "1"}
+
+
 def train(out: Path, cwd: Path, *flags: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *set_args(out, *sets), *flags, cwd=cwd)
+    cmd = [sys.executable, "-m", "unimodal.cli", "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *set_args(out, *sets), *flags]
+    return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
 
 
 def recipe_at(out: Path, *sets: str):
@@ -232,7 +238,7 @@ def rank_pids(launcher: int) -> dict[int, int]:
 
 def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=cwd, env=unimodal_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for(ready, run: subprocess.Popen, timeout: float = 400) -> None:

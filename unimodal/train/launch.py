@@ -137,14 +137,14 @@ def run_stage(recipe_path: str | Path, nproc: int, overrides: list[str], fresh: 
     The stage resumes from its checkpoint if it has one; `fresh` moves an earlier run aside and starts over.
     """
     from unimodal.train.lock import release  # these import deepspeed: not for every `unimodal` command
-    from unimodal.train.resume import claim
+    from unimodal.train.resume import claim, should_resume
     from unimodal.train.start import check_start
 
     recipe = load_recipe(recipe_path, overrides)
-    resuming = claim(recipe, not fresh, os.getpid(), str(recipe_path))
+    if fresh or not should_resume(recipe, str(recipe_path)):  # nothing written yet
+        check_start(recipe, nproc, str(recipe_path))
+    claim(recipe, not fresh, os.getpid(), str(recipe_path))
     try:
-        if not resuming:
-            check_start(recipe, nproc, str(recipe_path))
         code = run_ranks(launch_command(recipe_path, overrides), nproc)
     finally:
         release(recipe.train.output_dir, os.getpid())
