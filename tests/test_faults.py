@@ -30,7 +30,7 @@ from unimodal.train.checkpoint import LATEST, CheckpointSaveFailed, load_latest,
 from unimodal.train.lock import LOCK, OutputDirLocked, acquire, release
 from unimodal.train.resume import archive, recipe_differences, should_resume
 
-STEPS, EVERY = 6, 2
+STEPS, EVERY = 4, 2
 SETS = [f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", "logging.every=1", "logging.wandb.mode=disabled"]
 
 
@@ -140,7 +140,7 @@ def first(workspace) -> tuple[Path, list[dict]]:
     return out, deterministic(out)
 
 
-def test_run_again_resumes_a_damaged_latest_falls_back_and_fresh_keeps_the_earlier_run(first, workspace):
+def test_run_again_resumes_and_a_damaged_latest_falls_back_and_a_locked_directory_is_refused(first, workspace):
     out, reference = first
     before = run_files(out)
     again = train(out, workspace)  # the same command, no flag: a resubmitted job
@@ -171,12 +171,6 @@ def test_run_again_resumes_a_damaged_latest_falls_back_and_fresh_keeps_the_earli
     finally:
         holder.kill()
         holder.wait()
-    fresh = train(out, workspace, "--fresh", sets=("train.steps=1",))
-    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
-    [kept] = out.parent.glob("twice.*")
-    assert f"taking over {out / LOCK}" in fresh.stdout and f"kept as {kept}" in fresh.stdout
-    assert deterministic(kept) == reference and sorted(saved_steps(kept / "checkpoints")) == [2, 4, 6]
-    assert logged_steps(out) == [1] and deterministic(out)[0] == reference[0]
 
 
 class Engine:
@@ -271,12 +265,12 @@ def test_a_rank_killed_under_torchrun_restarts_resumes_and_gives_the_uninterrupt
         time.sleep(0.5)
 
 
-def test_a_stopped_rank_ends_the_job_within_the_collective_timeout_naming_the_step(workspace):
-    out = workspace / "runs" / "faults" / "stopped"
-    timeout_s = 30
-    cmd = [sys.executable, "-m", "unimodal.cli", "train", str(SMOKE / "stage1.yaml"), "--nproc", "2",
+def test_fresh_keeps_the_earlier_run_and_a_stopped_rank_ends_the_job_within_the_collective_timeout(first, workspace):
+    out, reference = first
+    timeout_s = 20
+    cmd = [sys.executable, "-m", "unimodal.cli", "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", "--fresh",
            *set_args(out, f"train.collective_timeout_s={timeout_s}", "train.steps=1000")]
-    run = start(cmd, workspace, out.with_suffix(".log"))
+    run = start(cmd, workspace, out.parent / "stopped.log")
     try:
         wait_for(lambda: 2 in logged_steps(out), run)
         os.kill(rank_pids(run.pid)[1], signal.SIGSTOP)
@@ -286,6 +280,8 @@ def test_a_stopped_rank_ends_the_job_within_the_collective_timeout_naming_the_st
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    log = out.with_suffix(".log").read_text()
+    log = (out.parent / "stopped.log").read_text()
+    [kept] = out.parent.glob("twice.*")  # the earlier run, whole
+    assert f"kept as {kept}" in log and deterministic(kept) == reference and sorted(saved_steps(kept / "checkpoints")) == [2, 4]
     assert code == 1 and waited < timeout_s + 60, (code, waited, log[-3000:])
     assert re.search(rf"error: rank 0: \w+ after step \d+ failed or waited over train.collective_timeout_s={timeout_s} s", log), log[-3000:]

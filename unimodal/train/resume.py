@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 import yaml
 
 from unimodal.config import Recipe, RecipeError
@@ -115,8 +116,6 @@ def agree(recipe: Recipe, resume: bool) -> bool:
 
     A refusal (locked, another run's checkpoint) is raised on every rank alike, before anything is written.
     """
-    import torch.distributed as dist
-
     answer: list[bool | str] = [False]
     if dist.get_rank() == 0:
         try:
