@@ -272,7 +272,7 @@ def test_fresh_keeps_the_earlier_run_and_a_stopped_rank_ends_the_job_within_the_
            *set_args(out, f"train.collective_timeout_s={timeout_s}", "train.steps=1000")]
     run = start(cmd, workspace, out.parent / "stopped.log")
     try:
-        wait_for(lambda: 2 in logged_steps(out), run)
+        wait_for(lambda: list(out.parent.glob("twice.*")) and 2 in logged_steps(out), run)  # the new run's step 2
         os.kill(rank_pids(run.pid)[1], signal.SIGSTOP)
         stopped = time.monotonic()
         code = run.wait(timeout=timeout_s + 120)
