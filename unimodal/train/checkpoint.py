@@ -6,7 +6,11 @@ ours in `client_state`. A checkpoint is complete or invisible: every rank
 writes its part under `.tmp-stepNNNNNNNN/`, then rank 0 renames the directory
 (atomic on one filesystem) and moves `latest` (itself written to a temporary
 file and renamed), so a run killed at any moment leaves `latest` naming a
-complete checkpoint; leftovers are removed by the next run. At the end of a stage the full fp32 weights are
+complete checkpoint; leftovers are removed by the next run. A save that fails
+(an OSError: disk full, quota) removes its partial directory and stops the run
+with `CheckpointSaveFailed`, `latest` unchanged; a `latest` that fails to load
+on any rank is passed over, on every rank, for the complete checkpoint before
+it. At the end of a stage the full fp32 weights are
 gathered here and written by `unimodal.pretrained` as `model.safetensors` +
 `config.json`: the next curriculum stage and the evaluator load those safely,
 without DeepSpeed or pickle.
@@ -161,7 +165,7 @@ def load_latest(engine, ckpt_dir: Path) -> dict[str, Any] | None:
                 path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=candidate)
             error = None if path is not None else "DeepSpeed found nothing to load"
         except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways; the next one may load
-            error = f"{type(err).__name__}: {err}"
+            error = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
         if not _any_rank(error is not None):
             return client_state
         if not dist.is_initialized() or dist.get_rank() == 0:
