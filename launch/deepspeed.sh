@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-node training with DeepSpeed's launcher and a hostfile.
 #
-#   launch/deepspeed.sh [--dry-run] HOSTFILE RECIPE [--set FIELD=VALUE ...] [--resume]
+#   launch/deepspeed.sh [--dry-run] HOSTFILE RECIPE [--set FIELD=VALUE ...] [--fresh]
 #
 # Run it on every host of HOSTFILE (see launch/hostfile.example), from the
 # directory the recipe's paths are relative to (the repo root for recipes/),
@@ -22,7 +22,7 @@ set -euo pipefail
 dry_run=${DRY_RUN:-0}
 if [[ ${1:-} == --dry-run ]]; then dry_run=1; shift; fi
 if (( $# < 2 )); then
-  echo "usage: $0 [--dry-run] HOSTFILE RECIPE [--set FIELD=VALUE ...] [--resume]" >&2
+  echo "usage: $0 [--dry-run] HOSTFILE RECIPE [--set FIELD=VALUE ...] [--fresh]" >&2
   exit 2
 fi
 hostfile=$1 recipe=$2

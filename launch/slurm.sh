@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One training stage as a SLURM job: one torchrun per node, requeued at the time limit and on preemption.
 #
-#   sbatch [--nodes 4 --time 48:00:00 ...] launch/slurm.sh RECIPE [--set FIELD=VALUE ...] [--resume]
+#   sbatch [--nodes 4 --time 48:00:00 ...] launch/slurm.sh RECIPE [--set FIELD=VALUE ...] [--fresh]
 #   SLURM_JOB_NODELIST='node[01-02]' launch/slurm.sh --dry-run RECIPE     # anywhere: print each node's command
 #
 # Submit from the directory the recipe's paths are relative to (the repo root
@@ -12,12 +12,16 @@
 # Requeue: `--requeue` lets a preempted job go back to the queue (on clusters
 # whose PreemptMode is REQUEUE), and `--signal` wakes this script 120 s before
 # the time limit, when it requeues the job itself. Either way SLURM ends the
-# running steps and starts the job again with SLURM_RESTART_COUNT > 0, and this
-# script then adds --resume: the stage continues from its latest checkpoint.
+# running steps and starts the job again with SLURM_RESTART_COUNT > 0: the stage
+# continues from its latest checkpoint, as every run does when its output
+# directory holds one (a requeued job never starts over, even with --fresh; the
+# --resume this script still adds is that default, spelt out in the log).
+# Within a job torchrun restarts the ranks after a failure (MAX_RESTARTS).
 #
 # Environment:
 #   MASTER_PORT    default 29500
 #   GPUS_PER_NODE  ranks on every node (default: SLURM_GPUS_ON_NODE, else one per visible GPU)
+#   MAX_RESTARTS   times torchrun restarts the ranks after a failure (default 3)
 #   DRY_RUN=1      as --dry-run; outside SLURM, give SLURM_JOB_NODELIST (and SLURM_RESTART_COUNT
 #                  to see a requeued run). Without scontrol, names and prefix[ranges] groups are expanded here.
 #
@@ -36,7 +40,7 @@ set -euo pipefail
 dry_run=${DRY_RUN:-0}
 if [[ ${1:-} == --dry-run ]]; then dry_run=1; shift; fi
 if (( $# < 1 )); then
-  echo "usage: sbatch $0 RECIPE [--set FIELD=VALUE ...] [--resume]   or   $0 --dry-run RECIPE ..." >&2
+  echo "usage: sbatch $0 RECIPE [--set FIELD=VALUE ...] [--fresh]   or   $0 --dry-run RECIPE ..." >&2
   exit 2
 fi
 recipe=$1
@@ -77,7 +81,7 @@ if (( ${SLURM_RESTART_COUNT:-0} > 0 )) && [[ " ${train_args[*]} " != *" --resume
 fi
 
 # torchrun's options but the node rank, which differs per node, then the per-rank entry point.
-launch_args=(--nnodes "${#hosts[@]}" --nproc-per-node "${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-gpu}}"
+launch_args=(--nnodes "${#hosts[@]}" --nproc-per-node "${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-gpu}}" --max-restarts "${MAX_RESTARTS:-3}"
              --master-addr "${hosts[0]}" --master-port "${MASTER_PORT:-29500}"
              -m unimodal.train "$recipe" "${train_args[@]}")
 

@@ -7,8 +7,8 @@
     unimodal shards write (--manifest FILE.jsonl | --folder DIR) --out DIR
                           [--prefix NAME] [--max-count N] [--max-size 1G] [--workers K]
     unimodal tokenizer train SHARDS... --out DIR
-    unimodal train RECIPE [--nproc N] [--set F=V ...] [--resume]
-    unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...]
+    unimodal train RECIPE [--nproc N] [--set F=V ...] [--fresh]
+    unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...] [--fresh]
     unimodal plan RECIPE_OR_CURRICULUM [--simulate N] [--json] [--nproc N] [--set F=V ...]
     unimodal eval RECIPE --checkpoint STAGE_DIR [--drop MODALITY ...] [--json FILE] [--set F=V ...]
     unimodal export RUN_DIR OUT_DIR [--tag TAG]
@@ -76,13 +76,13 @@ def cmd_tokenizer_train(args) -> None:
 def cmd_train(args) -> None:
     from unimodal.train.launch import run_stage
 
-    run_stage(args.recipe, args.nproc, args.set, args.resume)
+    run_stage(args.recipe, args.nproc, args.set, args.fresh)
 
 
 def cmd_curriculum(args) -> None:
     from unimodal.train.curriculum import run_curriculum
 
-    run_curriculum(args.curriculum, args.nproc, args.set)
+    run_curriculum(args.curriculum, args.nproc, args.set, args.fresh)
 
 
 def cmd_plan(args) -> None:
@@ -166,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--nproc", type=int, default=2, help="ranks on this machine (default 2)")
         q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. train.steps=40")
 
+    def fresh_option(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--fresh", action="store_true",
+                       help="start over instead of resuming: an earlier run in the output directory is renamed OUT.TIMESTAMP, never deleted")
+
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     q = data.add_parser("demo", help="write the demo shards (digits as image, audio, video and text)")
     q.add_argument("out_dir", type=Path)
@@ -217,12 +221,14 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train", help="train one stage")
     q.add_argument("recipe")
     launch_options(q)
-    q.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    q.add_argument("--resume", action="store_true", help="the default: continue from the latest checkpoint, if there is one")
+    fresh_option(q)
     q.set_defaults(func=cmd_train)
 
     q = sub.add_parser("curriculum", help="run a curriculum's stages in order")
     q.add_argument("curriculum")
     launch_options(q)
+    fresh_option(q)
     q.set_defaults(func=cmd_curriculum)
 
     q = sub.add_parser("plan", help="per stage and dataset: size, target mix, samples and tokens per step, epochs")

@@ -390,6 +390,12 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(3, gt=0)  # the newest K complete checkpoints stay; older ones are deleted
     # batches whose loss is NaN/inf on some rank are skipped (no backward, no step); past this many the run stops
     max_nonfinite_steps: int = Field(10, ge=0)
+    # a rank waiting longer than this in a collective (a peer hung, stopped or lost) exits non-zero naming the step,
+    # so the launcher ends the job instead of every rank waiting on
+    collective_timeout_s: float = Field(600, gt=0)
+    # the output directory's lock (unimodal/train/lock.py) held by a run on another host is taken over
+    # once it has not been refreshed for this long
+    stale_lock_s: float = Field(900, gt=0)
     output_dir: Path
     max_new_tokens: int = Field(24, gt=0)  # greedy decoding length at evaluation
 

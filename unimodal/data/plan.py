@@ -47,7 +47,11 @@ def stage_recipes(path: str | Path, nproc: int, overrides: list[str] = ()) -> li
         from unimodal.train.curriculum import load_curriculum  # imports deepspeed: only when needed
 
         return [(s.path, s.recipe) for s in load_curriculum(path, nproc, overrides)[1]]
-    return [(path, load_recipe(path, overrides))]
+    from unimodal.train.resume import should_resume  # imports deepspeed: only when needed
+
+    recipe = load_recipe(path, overrides)
+    should_resume(recipe, str(path))  # a checkpoint of another recipe in its output directory is refused, as training would
+    return [(path, recipe)]
 
 
 def measure(recipe: Recipe, probe: int) -> list[list[Lengths]]:

@@ -6,7 +6,11 @@ ours in `client_state`. A checkpoint is complete or invisible: every rank
 writes its part under `.tmp-stepNNNNNNNN/`, then rank 0 renames the directory
 (atomic on one filesystem) and moves `latest` (itself written to a temporary
 file and renamed), so a run killed at any moment leaves `latest` naming a
-complete checkpoint; leftovers are removed by the next run. At the end of a stage the full fp32 weights are
+complete checkpoint; leftovers are removed by the next run. A save that fails
+(an OSError: disk full, quota) removes its partial directory and stops the run
+with `CheckpointSaveFailed`, `latest` unchanged; a `latest` that fails to load
+on any rank is passed over, on every rank, for the complete checkpoint before
+it. At the end of a stage the full fp32 weights are
 gathered here and written by `unimodal.pretrained` as `model.safetensors` +
 `config.json`: the next curriculum stage and the evaluator load those safely,
 without DeepSpeed or pickle.
@@ -34,6 +38,8 @@ import torch.distributed as dist
 from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
+
+from unimodal.train.comm import all_reduce_sum
 
 DONE = "done.json"  # written last by a stage that ran all its steps
 LATEST = "latest"
@@ -64,8 +70,35 @@ def tag(step: int) -> str:
     return f"step{step:08d}"
 
 
+class CheckpointSaveFailed(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, I/O error): the run stops, `latest` unchanged."""
+
+
 def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> None:
-    """Write step `step`'s checkpoint (all ranks call this); make it `latest`; keep the newest `keep`."""
+    """Write step `step`'s checkpoint (all ranks call this); make it `latest`; keep the newest `keep`.
+
+    A write that fails (an OSError on this rank) leaves `latest` naming the
+    previous checkpoint and raises `CheckpointSaveFailed`, naming the directory
+    and the error: the run stops rather than train on without a checkpoint.
+    """
+    partial = ckpt_dir / (PARTIAL + tag(step))
+    try:
+        _write(engine, ckpt_dir, step, client_state)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)  # what fits on a full disk is of no use
+        before = (ckpt_dir / LATEST).read_text().strip() if has_checkpoint(ckpt_dir) else None
+        raise CheckpointSaveFailed(
+            f"{partial}: saving the step-{step} checkpoint failed: {err}; "
+            + (f"'latest' still names {before}, which a resume loads" if before else "there is no earlier checkpoint")
+        ) from err
+    if dist.get_rank() == 0:
+        older = sorted(s for s in saved_steps(ckpt_dir) if s < step)
+        later = [s for s in saved_steps(ckpt_dir) if s > step]  # an earlier run's, no longer reachable from `latest`
+        for old in later + older[: max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(ckpt_dir / tag(old))
+
+
+def _write(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> None:
     final, partial = tag(step), PARTIAL + tag(step)
     if dist.get_rank() == 0:
         shutil.rmtree(ckpt_dir / partial, ignore_errors=True)  # left by a run killed while writing this step
@@ -86,10 +119,6 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, A
     _fsync(pointer)
     os.replace(pointer, ckpt_dir / LATEST)
     _fsync(ckpt_dir)
-    older = sorted(s for s in saved_steps(ckpt_dir) if s < step)
-    later = [s for s in saved_steps(ckpt_dir) if s > step]  # an earlier run's, no longer reachable from `latest`
-    for old in later + older[: max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(ckpt_dir / tag(old))
 
 
 def _fsync(path: Path) -> None:
@@ -120,15 +149,34 @@ def has_checkpoint(ckpt_dir: Path) -> bool:
 
 
 def load_latest(engine, ckpt_dir: Path) -> dict[str, Any] | None:
-    """Load the checkpoint `latest` names into `engine`; its client_state, or None if there is none."""
+    """Load the checkpoint `latest` names into `engine`; its client_state, or None if there is none.
+
+    One that fails to load on any rank (a truncated or damaged file) is passed
+    over, logged, for the complete one before it, on every rank alike; the run
+    goes on from there. Only when none loads does this raise.
+    """
     if not has_checkpoint(ckpt_dir):
         return None
     name = (ckpt_dir / LATEST).read_text().strip()
-    with weights_only_loads():
-        path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=name)
-    if path is None:
-        raise RuntimeError(f"{ckpt_dir}: 'latest' names {name!r}, a checkpoint that could not be loaded")
-    return client_state
+    earlier = sorted((s for s in saved_steps(ckpt_dir) if tag(s) < name), reverse=True)
+    for candidate in [name, *map(tag, earlier)]:
+        try:
+            with weights_only_loads():
+                path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=candidate)
+            error = None if path is not None else "DeepSpeed found nothing to load"
+        except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways; the next one may load
+            error = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        if not _any_rank(error is not None):
+            return client_state
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"[unimodal] warning: {ckpt_dir / candidate} could not be loaded ({error or 'on another rank'}); "
+                  "trying the checkpoint before it", flush=True)
+    raise RuntimeError(f"{ckpt_dir}: no checkpoint could be loaded; the last tried, {candidate}: {error or 'failed on another rank'}")
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on some rank."""
+    return all_reduce_sum(torch.tensor([float(flag)])).item() > 0 if dist.is_initialized() else flag
 
 
 def full_state_dict(engine) -> dict[str, torch.Tensor]:

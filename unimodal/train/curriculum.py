@@ -4,9 +4,11 @@
 validated before the first one starts, including what `carry: optimizer` asks
 of the stage it starts from. Then, in order, a stage whose `done.json` records
 all its steps is skipped and its files are left alone; a stage with a
-checkpoint resumes from it; any other starts as its recipe says, with
+checkpoint resumes from it (a checkpoint of another recipe is refused before
+the first stage starts); any other starts as its recipe says, with
 `init_from: previous` resolved to the previous stage's output directory.
-`--set` overrides apply to every stage.
+`--set` overrides apply to every stage. `--fresh` runs every stage over, each
+earlier run moved aside (unimodal/train/resume.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import Field, ValidationError
 from unimodal.config import Recipe, RecipeError, Strict, load_recipe, read_yaml
 from unimodal.train.checkpoint import DONE, has_checkpoint
 from unimodal.train.launch import StageStopped, run_stage
+from unimodal.train.resume import should_resume
 from unimodal.train.start import check_carry, finished_layout, layout
 
 
@@ -45,9 +48,10 @@ class Stage:
 
 
 def load_curriculum(
-    path: str | Path, nproc: int, overrides: list[str] = (), check_files: bool = True
+    path: str | Path, nproc: int, overrides: list[str] = (), check_files: bool = True, fresh: bool = False
 ) -> tuple[str, list[Stage]]:
-    """The curriculum's name and its stages, each validated (`check_files`: shards and tokenizer exist)."""
+    """The curriculum's name and its stages, each validated (`check_files`: shards and tokenizer exist;
+    unless `fresh`, a checkpoint in a stage's output directory is of this recipe)."""
     path = Path(path)
     try:
         spec = CurriculumFile.model_validate(read_yaml(path))
@@ -73,6 +77,8 @@ def load_curriculum(
             extra.append(f"init_from={source}")
             recipe = recipe.model_copy(update={"init_from": source})
         stage = Stage(stage_path, recipe, extra)
+        if not fresh:
+            should_resume(recipe, str(stage_path))
         if recipe.carry == "optimizer" and not (stage.done or stage.started):
             # fail now, not after the stages before it have trained
             if from_previous and not stages[-1].done:
@@ -84,15 +90,15 @@ def load_curriculum(
     return spec.name, stages
 
 
-def run_curriculum(path: str | Path, nproc: int, overrides: list[str] = ()) -> list[Stage]:
-    name, stages = load_curriculum(path, nproc, overrides)
+def run_curriculum(path: str | Path, nproc: int, overrides: list[str] = (), fresh: bool = False) -> list[Stage]:
+    name, stages = load_curriculum(path, nproc, overrides, fresh=fresh)
     for i, stage in enumerate(stages, 1):
         where = f"[unimodal] {name}: stage {i}/{len(stages)} {stage.recipe.name}"
-        if stage.done:
+        if stage.done and not fresh:
             print(f"{where} already done, skipped", flush=True)
             continue
-        print(f"{where}{', resuming from its latest checkpoint' if stage.started else ''}", flush=True)
-        run_stage(stage.path, nproc, stage.overrides, resume=stage.started)
+        print(f"{where}{', resuming from its latest checkpoint' if stage.started and not fresh else ''}", flush=True)
+        run_stage(stage.path, nproc, stage.overrides, fresh)
         if not stage.done:  # its ranks were told to stop, and saved a checkpoint: the next stages wait
             raise StageStopped(f"{where} stopped before its last step; run the curriculum again to resume it")
     return stages

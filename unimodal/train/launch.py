@@ -1,7 +1,10 @@
 """`unimodal train RECIPE --nproc N`: validate here, then start N ranks on this machine.
 
 Validation happens in this process, before any rank starts, so a broken
-recipe fails in a second with a message naming the file and the field.
+recipe fails in a second with a message naming the file and the field; so
+does a stage whose output directory another run holds (its lock) or holds a
+checkpoint of another run (unimodal/train/resume.py). The lock is held here
+for the whole stage.
 On a machine without CUDA, DeepSpeed's CPU accelerator and gloo are used.
 
 The ranks are started here, with the environment `deepspeed.init_distributed`
@@ -44,13 +47,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(recipe_path: str | Path, overrides: list[str], resume: bool) -> list[str]:
-    """What every rank runs."""
+def launch_command(recipe_path: str | Path, overrides: list[str]) -> list[str]:
+    """What every rank runs: it resumes from the stage's checkpoint if there is one."""
     cmd = [sys.executable, "-u", "-m", "unimodal.train", str(recipe_path)]
     for item in overrides:
         cmd += ["--set", item]
-    if resume:
-        cmd.append("--resume")
     return cmd
 
 
@@ -130,14 +131,22 @@ def remove_shm_buffers(addr: str, port: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def run_stage(recipe_path: str | Path, nproc: int, overrides: list[str], resume: bool) -> None:
-    """Validate, then run one stage on `nproc` local ranks; raises if the ranks fail."""
-    from unimodal.train.checkpoint import has_checkpoint  # these import deepspeed: not for every `unimodal` command
+def run_stage(recipe_path: str | Path, nproc: int, overrides: list[str], fresh: bool = False) -> None:
+    """Validate, lock the output directory, then run one stage on `nproc` local ranks; raises if the ranks fail.
+
+    The stage resumes from its checkpoint if it has one; `fresh` moves an earlier run aside and starts over.
+    """
+    from unimodal.train.lock import release  # these import deepspeed: not for every `unimodal` command
+    from unimodal.train.resume import claim, should_resume
     from unimodal.train.start import check_start
 
     recipe = load_recipe(recipe_path, overrides)
-    if not (resume and has_checkpoint(recipe.train.output_dir / "checkpoints")):
+    if fresh or not should_resume(recipe, str(recipe_path)):  # nothing written yet
         check_start(recipe, nproc, str(recipe_path))
-    code = run_ranks(launch_command(recipe_path, overrides, resume), nproc)
+    claim(recipe, not fresh, os.getpid(), str(recipe_path))
+    try:
+        code = run_ranks(launch_command(recipe_path, overrides), nproc)
+    finally:
+        release(recipe.train.output_dir, os.getpid())
     if code != 0:
         raise StageFailed(f"{recipe_path}: training exited with status {code}")

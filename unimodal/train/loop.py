@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -33,8 +32,8 @@ from unimodal.pretrained import save_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
 from unimodal.train.balancer import Balancer
-from unimodal.train.checkpoint import DONE, full_state_dict, has_checkpoint, load_latest, remove_partial, save_checkpoint
-from unimodal.train.comm import all_reduce_sum
+from unimodal.train.checkpoint import DONE, full_state_dict, load_latest, remove_partial, save_checkpoint
+from unimodal.train.comm import all_reduce_sum, init_distributed
 from unimodal.train.engine import build_engine, model_config
 from unimodal.train.feed import DeviceFeed
 from unimodal.train.freeze import freeze_all_but
@@ -42,6 +41,7 @@ from unimodal.train.guard import StepGuard
 from unimodal.train.memory import peak_memory_mib
 from unimodal.train.metrics import MetricsLogger
 from unimodal.train.mfu import peak_flops
+from unimodal.train.resume import agree
 from unimodal.train.rng import rng_state, set_rng_state
 from unimodal.train.sample_log import SampleLog
 from unimodal.train.start import check_start, describe, init_weights, layout, load_optimizer_state
@@ -141,11 +141,16 @@ class DataCounts:
         return rec
 
 
-def train(recipe: Recipe, resume: bool) -> dict | None:
-    """Train one stage; returns the final record (also written to `done.json`), or None if stopped by a signal."""
+def train(recipe: Recipe, resume: bool = True) -> dict | None:
+    """Train one stage; returns the final record (also written to `done.json`), or None if stopped by a signal.
+
+    It resumes from the stage's checkpoint if its output directory holds one
+    (unimodal/train/resume.py); `resume=False` starts over, the earlier run moved aside.
+    """
     guard = StepGuard(recipe.name, recipe.train.max_nonfinite_steps)  # first: a stop signal must not kill the rank
-    deepspeed.init_distributed()
+    init_distributed(recipe.train.collective_timeout_s)
     rank, world = dist.get_rank(), dist.get_world_size()
+    resuming = agree(recipe, resume)  # then everything comes from the stage's own checkpoint
     out_dir = recipe.train.output_dir
     ckpt_dir = out_dir / "checkpoints"
     names = [d.name for d in recipe.data.datasets]
@@ -156,7 +161,6 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
     model = UnifiedModel(cfg)
     model.gather_pairs = any(ds.objective == "contrastive" for ds in recipe.data.datasets)
     model.distill = DistillPlan.of(recipe.data.datasets)
-    resuming = resume and has_checkpoint(ckpt_dir)  # then everything comes from the stage's own checkpoint
     if recipe.init_from and not resuming:
         check_start(recipe, world, recipe.name)
         init_weights(model, cfg, Path(recipe.init_from))
@@ -247,7 +251,7 @@ def train(recipe: Recipe, resume: bool) -> dict | None:
         if rank == 0:
             print(
                 f"[unimodal] {recipe.name}: stopped by a signal at step {step}, checkpoint saved; "
-                "run it again with --resume to go on",
+                "run it again to go on",
                 flush=True,
             )
         logger.close()
