@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from unimodal.config import Attention
 from unimodal.tokenize.sequence import PATCH_MODALITIES
 
 # Body sizes. Parameter counts (count_parameters, tied LM head, the objectives' heads)
@@ -27,7 +28,6 @@ PRESETS: dict[str, dict[str, int]] = {
 
 # How attention is computed (unimodal/model/transformer.py); auto: flex on CUDA, sdpa elsewhere
 AttentionKind = Literal["flex", "sdpa"]
-Attention = Literal["auto", "flex", "sdpa"]
 # How the model runs, not what it is: a run may change these and still load another's weights
 EXECUTION_FIELDS = ("activation_checkpointing", "attention", "attention_block", "compile")
 
