@@ -12,7 +12,11 @@ pair of one view.
 On CPU a step is a forward pass (FlexAttention has no backward on CPU);
 on a GPU, forward and backward in bf16. On CPU the 8192 rows run
 `--layers-8192` layers (default 2) to keep the run to a few minutes; the
-FLOPs ratios do not depend on the layer count.
+FLOPs ratios do not depend on the layer count. The demo's views are short
+(~40 tokens), so tiles of 128 would waste most of what they compute; for
+comparison the table ends with the FLOPs ratios on rows of 2048 holding
+UnIVAL-sized samples (bench/mfu.py's mix: 196-token images, 496-token audio,
+1,568-token clips, 32-128-token texts) at tiles of 32, 64 and 128.
 
     python bench/attention.py [--device cpu] [--block 32] [--repeats 2]
 
@@ -27,7 +31,9 @@ import json
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
+from mfu import mixed_batch
 from workspace import REPO, demo_workspace
 
 from unimodal.config import load_recipe
@@ -41,7 +47,7 @@ LENGTHS = (512, 2048, 8192)
 
 def packed_views(length: int, rows: int) -> torch.Tensor:
     """View ids [rows, length] (-1 at padding) of the first loader batch with rows of `length` tokens."""
-    sets = ["data.workers=0", f"data.pack_length={length}", f"data.batch_tokens={rows * (length + 256)}"]
+    sets = ["data.workers=0", f"data.pack_length={length}", f"data.batch_tokens={rows * (length + length // 4)}"]
     recipe = load_recipe(REPO / "recipes" / "smoke" / "stage2.yaml", sets)
     batch = next(iter(build_train_loader(recipe, 0, 1)))
     return view_ids(batch)[:rows]
@@ -107,6 +113,12 @@ def main() -> None:
               f"{dense / flex:.2f} | {dense_ratio:.2f} | {flex_ratio:.2f} |")
         result |= {f"speedup_{n}": round(dense / flex, 3), f"dense_flops_ratio_{n}": round(dense_ratio, 3),
                    f"new_flops_ratio_{n}": round(flex_ratio, 3), f"layers_{n}": layers}
+    rows = view_ids(mixed_batch(np.random.default_rng(0), 4 * 2560, 2048))
+    unival = {b: flops_ratios(rows, b) for b in (32, 64, 128)}
+    print(f"UnIVAL-sized samples, {rows.shape[0]} rows of 2048: dense FLOPs / needed {unival[128][0]:.2f}, flex "
+          + ", ".join(f"{r[1]:.2f} at tiles of {b}" for b, r in unival.items()))
+    result |= {f"unival_new_flops_ratio_2048_block{b}": round(r[1], 3) for b, r in unival.items()}
+    result["unival_dense_flops_ratio_2048"] = round(unival[128][0], 3)
     print(json.dumps(result))
 
 

@@ -7,15 +7,19 @@ encoder states at every real token. On CPU, FlexAttention runs forward only
 20 s on 2 cores): every batch here is padded to one shape, so its three kernels
 (encoder self-attention, decoder causal self-attention, cross-attention)
 compile once, into the inductor cache that tests/conftest.py keeps under
-~/.cache (warm on reruns). On a GPU the gradients are compared too.
+~/.cache (warm on reruns). On a GPU the gradients are compared too. Last,
+model.compile: a compiled 2-rank ZeRO-2 run logs an uncompiled one's losses.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SMOKE, unimodal
 from test_objectives import CONTRASTIVE, MLM, batch_of, build_recipe, sequences
 from unimodal.config import OBJECTIVES
 from unimodal.model import ModelConfig, UnifiedModel
@@ -110,3 +114,21 @@ def test_block_mask_skips_the_tiles_no_sample_pair_shares(recipe, tokenizer):
     assert torch.equal(computed, some)
     assert torch.equal(mask.full_kv_num_blocks[:, 0], full.sum(-1, dtype=torch.int32))
     assert 0 < some.sum() < 0.25 * some.numel()  # two rows of three pairs, two of padding: most tiles skipped
+
+
+def test_compiled_two_rank_zero2_run_with_checkpointing_has_the_uncompiled_losses(workspace, tiny_run):
+    """model.compile with activation checkpointing, ZeRO-2 on 2 ranks: tests/conftest.py's `tiny_run`, step for step."""
+    out = workspace / "runs" / "tiny-compiled"
+    sets = ["train.steps=4", "train.checkpoint_every=2", "logging.every=1", "data.workers=0", f"train.output_dir={out}",
+            "model.compile=true", "model.overrides={activation_checkpointing: true}"]
+    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    eager, compiled = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (tiny_run, out))
+    assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [1, 2, 3, 4]
+    losses = [k for k in eager[0] if k.startswith("loss")]
+    assert "loss" in losses and len(losses) > 1  # the total and each task's
+    for a, b in zip(eager, compiled):
+        for k in losses:
+            assert b[k] == pytest.approx(a[k], rel=1e-4), (a["step"], k)
+    graphs = [r["compiled_graphs"] for r in compiled]
+    assert graphs[0] > 0 and graphs[-1] == graphs[-2], graphs  # ragged batches: no graph built for the last steps
