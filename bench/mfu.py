@@ -9,9 +9,15 @@ code the loader uses. MFU = model FLOPs of the real tokens (unimodal/model/flops
 per second over the device's dense bf16 peak (unimodal/train/mfu.py).
 
     python bench/mfu.py                                  # on a GPU
+    python bench/mfu.py --attention sdpa flex --compile off on   # each combination
     python bench/mfu.py --device cpu --preset tiny --steps 3 --warmup 1 --batch-tokens 4096   # smoke
 
-Last line: JSON with `mfu`, `device`, tokens/s.
+`--attention` and `--compile` take several values: each combination is
+measured (`model.attention`, `model.compile`; flex has no backward on CPU,
+so there it is reported as skipped). The first compiled step is a warmup step.
+
+Last line: JSON with `mfu`, `device`, tokens/s (the first combination's),
+and `runs`: attention, compile, mfu and tokens/s of each.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from unimodal.data.packing import RowPacker  # noqa: E402
-from unimodal.model import ModelConfig, UnifiedModel, count_parameters  # noqa: E402
+from unimodal.model import ModelConfig, UnifiedModel  # noqa: E402
 from unimodal.model.flops import batch_train_flops  # noqa: E402
+from unimodal.model.transformer import attention_kind, compiled_graphs  # noqa: E402
 from unimodal.tokenize.sequence import Segment, TokenSequence, collate_rows  # noqa: E402
 from unimodal.train.mfu import peak_flops  # noqa: E402
 
@@ -60,33 +67,16 @@ def mixed_batch(rng: np.random.Generator, budget: int, pack_length: int | None) 
         packer.add(seq)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="base")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--batch-tokens", type=int, default=32768)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--pack-length", type=int, default=2048, help="encoder tokens per packed row (0: padded batches)")
-    p.add_argument("--activation-checkpointing", action="store_true")
-    args = p.parse_args()
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29650")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    if args.device == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def measure(args, attention: str, compiled: bool) -> dict:
+    """Train `args.steps` steps of one model; MFU and tokens/s after `args.warmup` steps."""
     import deepspeed
 
-    deepspeed.init_distributed()
     cfg = ModelConfig.from_preset(
-        args.preset, VOCAB, PATCH_DIMS, max_positions=2048, activation_checkpointing=args.activation_checkpointing
+        args.preset, VOCAB, PATCH_DIMS, max_positions=2048, activation_checkpointing=args.activation_checkpointing,
+        attention=attention, compile=compiled,
     )
     torch.manual_seed(0)
     model = UnifiedModel(cfg)
-    params = count_parameters(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
     ds_config = {
         "train_micro_batch_size_per_gpu": 1,
@@ -120,11 +110,52 @@ def main() -> None:
     sync()
     seconds = time.perf_counter() - start
     mfu = flops / seconds / peak if peak else None
+    kind = attention_kind(cfg, device)
+    print(f"  attention {attention} ({kind}), compile {'on' if compiled else 'off'}: {tokens / seconds:,.0f} real tokens/s, "
+          f"{flops / seconds / 1e12:.2f} TFLOP/s, MFU {mfu:.3f} ({source})"
+          + (f", {compiled_graphs()} graphs compiled so far" if compiled else ""))
+    return {"attention": attention, "kind": kind, "compile": compiled, "mfu": mfu, "tokens_per_s": tokens / seconds,
+            "tflops_per_s": flops / seconds / 1e12, "peak_source": source}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="base")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batch-tokens", type=int, default=32768)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--pack-length", type=int, default=2048, help="encoder tokens per packed row (0: padded batches)")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "flex", "sdpa"])
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    args = p.parse_args()
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29650")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    if args.device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    deepspeed.init_distributed()
+    device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{args.preset}: {params / 1e6:.1f}M parameters, bf16, batches of <= {args.batch_tokens} tokens, {name}")
-    print(f"  {tokens / seconds:,.0f} real tokens/s, {flops / seconds / 1e12:.2f} TFLOP/s, MFU {mfu:.3f} ({source})")
-    print(json.dumps({"bench": "mfu", "device": name, "preset": args.preset, "mfu": mfu, "tokens_per_s": tokens / seconds,
-                      "tflops_per_s": flops / seconds / 1e12, "peak_source": source}))
+    print(f"{args.preset}: bf16, batches of <= {args.batch_tokens} tokens, {name}")
+    runs = []
+    for attention in args.attention:
+        for compiled in args.compile:
+            if device.type == "cpu" and attention == "flex":
+                print("  attention flex: skipped, FlexAttention has no backward on CPU")
+                runs.append({"attention": attention, "compile": compiled == "on", "mfu": None, "skipped": "no flex backward on cpu"})
+                continue
+            runs.append(measure(args, attention, compiled == "on"))
+    first = next(r for r in runs if r["mfu"] is not None)
+    print(json.dumps({"bench": "mfu", "device": name, "preset": args.preset, "mfu": first["mfu"],
+                      "tokens_per_s": first["tokens_per_s"], "tflops_per_s": first["tflops_per_s"],
+                      "peak_source": first["peak_source"], "runs": runs}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke"
+# torch.compile's kernels (tests/test_attention.py, the compiled run of tests/test_train.py) persist
+# here, for this process and the `unimodal` runs it starts: a rerun on this machine compiles nothing
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "unimodal-tests" / "inductor"))
 
 
 @pytest.fixture(scope="session")

@@ -366,10 +366,24 @@ class AdapterConfig(Strict):
     dim: int = Field(64, gt=0)  # hidden width; per view 2 d dim + 3 d + dim parameters (d: d_model)
 
 
+# How attention within packed samples is computed (unimodal/model/transformer.py)
+Attention = Literal["auto", "flex", "sdpa"]
+
+
 class ModelSection(Strict):
     preset: str = "tiny"
     overrides: dict[str, Any] = {}  # any ModelConfig field, e.g. {d_model: 256}
     adapter: AdapterConfig | None = None  # absent: no adapter
+    # attention within packed samples (unimodal/model/transformer.py): flex skips the masked-out
+    # tiles, sdpa is the dense-mask reference; auto: flex on CUDA, sdpa elsewhere (no flex backward on CPU)
+    attention: Attention = "auto"
+    compile: bool = False  # torch.compile each Transformer block
+
+    @model_validator(mode="after")
+    def _flex_has_no_attention_dropout(self) -> ModelSection:
+        if self.attention == "flex" and self.overrides.get("attention_dropout"):
+            raise ValueError("model.attention: flex has no attention dropout; drop model.overrides.attention_dropout or use sdpa")
+        return self
 
 
 # The model's parts by attribute name (unimodal/model/unified.py); lm_head is tok_emb's weight, tied.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from unimodal.config import Attention
 from unimodal.tokenize.sequence import PATCH_MODALITIES
 
 # Body sizes. Parameter counts (count_parameters, tied LM head, the objectives' heads)
@@ -23,6 +26,12 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+# How attention is computed (unimodal/model/transformer.py); auto: flex on CUDA, sdpa elsewhere
+AttentionKind = Literal["flex", "sdpa"]
+# How the model runs, not what it is: a run may change these and still load another's weights
+EXECUTION_FIELDS = ("activation_checkpointing", "attention", "attention_block", "compile")
+
+
 class ModelConfig(BaseModel):
     """Everything needed to build a UnifiedModel; vocab and patch dims come from the tokenizer."""
 
@@ -36,8 +45,13 @@ class ModelConfig(BaseModel):
     max_positions: int = 1024  # longest encoder input and longest decoder input
     vocab_size: int
     patch_dims: dict[str, int]  # flat patch size per entry of PATCH_MODALITIES
-    dropout: float = 0.0
+    dropout: float = 0.0  # embeddings, residual branches, MLP
+    # on the attention probabilities, sdpa only; 0 as in OFA and UnIVAL (attention_dropout 0.0)
+    attention_dropout: float = 0.0
     activation_checkpointing: bool = False
+    attention: Attention = "auto"
+    attention_block: int = Field(128, gt=0)  # flex: the tile (query x key tokens) its block mask keeps or skips
+    compile: bool = False  # torch.compile each Transformer block
     adapter_dim: int | None = None  # hidden width of the contrastive views' adapters; None: none
 
     @model_validator(mode="after")
@@ -46,6 +60,8 @@ class ModelConfig(BaseModel):
             raise ValueError(f"d_model {self.d_model} not divisible by n_heads {self.n_heads}")
         if set(self.patch_dims) != set(PATCH_MODALITIES):
             raise ValueError(f"patch_dims keys must be {PATCH_MODALITIES}, got {sorted(self.patch_dims)}")
+        if self.attention == "flex" and self.attention_dropout:
+            raise ValueError(f"attention: flex has no attention dropout; attention_dropout is {self.attention_dropout} (use sdpa)")
         return self
 
     @classmethod

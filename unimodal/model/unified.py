@@ -19,7 +19,7 @@ from unimodal.model.config import ModelConfig
 from unimodal.model.distill import DistillPlan, distillation, teacher_targets
 from unimodal.model.heads import ContrastiveHead, MaskedPatchHead, MatchHead, rank_counts
 from unimodal.model.losses import LossTerms
-from unimodal.model.transformer import Stack, attention_mask
+from unimodal.model.transformer import Mask, Stack, attention_kind, attention_mask
 from unimodal.tokenize.sequence import IGNORE_INDEX, MODALITIES, PATCH_MODALITIES
 
 TEXT = MODALITIES.index("text")
@@ -158,6 +158,11 @@ class UnifiedModel(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def mask(self, query_sample: torch.Tensor, key_sample: torch.Tensor, causal: bool = False) -> Mask:
+        """The attention mask of `cfg.attention` on this device (unimodal/model/transformer.py)."""
+        kind = attention_kind(self.cfg, query_sample.device)
+        return attention_mask(query_sample, key_sample, causal, kind, self.cfg.attention_block)
+
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder output [B, L, d] and each token's sample number [B, L] (-1 at padding).
 
@@ -175,7 +180,7 @@ class UnifiedModel(nn.Module):
         x = torch.where(batch["enc_masked"].unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         x = x + self.mod_emb(modality) + self.enc_pos(batch["positions"])
         views = view_ids(batch)
-        return self.encoder(self.drop(x), attention_mask(views, views)), batch["enc_sample"]
+        return self.encoder(self.drop(x), self.mask(views, views)), batch["enc_sample"]
 
     def decoder_states(
         self,
@@ -193,8 +198,7 @@ class UnifiedModel(nn.Module):
             dec_sample = enc_sample[:, :1].expand(-1, dec_in.shape[1])
             dec_positions = torch.arange(dec_in.shape[1], device=dec_in.device)
         x = self.drop(self.tok_emb(dec_in) + self.dec_pos(dec_positions))
-        self_mask = attention_mask(dec_sample, dec_sample, causal=True)
-        return self.decoder(x, self_mask, memory, attention_mask(dec_sample, enc_sample))
+        return self.decoder(x, self.mask(dec_sample, dec_sample, causal=True), memory, self.mask(dec_sample, enc_sample))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every objective's loss on its own samples (see `losses.py`):

@@ -20,7 +20,8 @@ from unimodal.model import ModelConfig, UnifiedModel
 
 def model_config(recipe: Recipe, vocab_size: int, patch_dims: dict[str, int]) -> ModelConfig:
     adapter = {"adapter_dim": recipe.model.adapter.dim} if recipe.model.adapter else {}
-    return ModelConfig.from_preset(recipe.model.preset, vocab_size, patch_dims, **(adapter | recipe.model.overrides))
+    execution = {"attention": recipe.model.attention, "compile": recipe.model.compile}
+    return ModelConfig.from_preset(recipe.model.preset, vocab_size, patch_dims, **(execution | adapter | recipe.model.overrides))
 
 
 def deepspeed_config(recipe: Recipe) -> dict[str, Any]:

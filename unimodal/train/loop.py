@@ -28,6 +28,7 @@ from unimodal.data.loader import build_train_loader
 from unimodal.model import UnifiedModel, count_parameters
 from unimodal.model.distill import DistillPlan
 from unimodal.model.flops import batch_train_flops
+from unimodal.model.transformer import compiled_graphs
 from unimodal.pretrained import save_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
@@ -234,6 +235,8 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
             record |= balancer.record(record)
             record["peak_memory_mib"] = peak_memory_mib(device)[0]  # rank 0's, the logging rank
             record["skipped_nonfinite"] = guard.skipped
+            if cfg.compile:  # torch.compile's graphs so far: flat once the batch shapes stop recompiling
+                record["compiled_graphs"] = compiled_graphs()
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps or guard.stop:

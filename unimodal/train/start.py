@@ -21,6 +21,7 @@ from typing import Any
 
 from unimodal.config import Recipe, RecipeError
 from unimodal.model import ModelConfig, UnifiedModel
+from unimodal.model.config import EXECUTION_FIELDS
 from unimodal.pretrained import load_weights
 from unimodal.train.checkpoint import DONE, has_checkpoint, tag, weights_only_loads
 from unimodal.train.engine import deepspeed_config
@@ -83,6 +84,7 @@ def describe(recipe: Recipe) -> str:
 def init_weights(model: UnifiedModel, cfg: ModelConfig, src: Path) -> None:
     """`src`'s weights into `model`; an adapter that `src` lacks keeps its fresh (identity) init."""
     state, saved = load_weights(src)
+    saved = saved.model_copy(update={k: getattr(cfg, k) for k in EXECUTION_FIELDS})  # how it ran is no part of the model
     if cfg.adapter_dim and saved.adapter_dim is None:
         saved = saved.model_copy(update={"adapter_dim": cfg.adapter_dim})
         state |= {k: v for k, v in model.state_dict().items() if k.startswith("adapter.")}

@@ -1,0 +1,134 @@
+"""model.attention: flex (FlexAttention, block masks) computes what sdpa (the dense-mask reference) does.
+
+For every objective, on padded rows, packed rows (with all-padding rows
+besides), two-view rows, and without a decoder: the same losses and the same
+encoder states at every real token. On CPU, FlexAttention runs forward only
+(it has no backward there, torch 2.14) and compiles each static shape (about
+20 s on 2 cores): every batch here is padded to one shape, so its three kernels
+(encoder self-attention, decoder causal self-attention, cross-attention)
+compile once, into the inductor cache that tests/conftest.py keeps under
+~/.cache (warm on reruns). On a GPU the gradients are compared too. Last,
+model.compile: a compiled 2-rank ZeRO-2 run logs an uncompiled one's losses.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import SMOKE, unimodal
+from test_objectives import CONTRASTIVE, MLM, batch_of, build_recipe, sequences
+from unimodal.config import OBJECTIVES
+from unimodal.model import ModelConfig, UnifiedModel
+from unimodal.model.transformer import attention_mask, block_mask, tile_occupancy
+from unimodal.tokenize.multimodal import MultimodalTokenizer
+from unimodal.tokenize.sequence import IGNORE_INDEX
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+ROWS, ENC, DEC = 4, 256, 16  # the one batch shape (tests/test_osmd.py's OS-MD batch too)
+BLOCK = 32  # small tiles: samples of 7-160 tokens span several, and most tiles are skipped
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+PAD = {"enc_sample": -1, "dec_sample": -1, "dec_out": IGNORE_INDEX}  # collate_rows' padding; 0 or False elsewhere
+
+
+def to_shape(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch padded to ROWS rows of ENC encoder and DEC decoder tokens (padding rows included)."""
+    out = dict(batch)
+    for key, v in batch.items():
+        if key.startswith(("enc_", "dec_")) or key in ("modality", "positions"):
+            length = DEC if key.startswith("dec_") else ENC
+            out[key] = F.pad(v, (0, length - v.shape[1], 0, ROWS - v.shape[0]), value=PAD.get(key, 0))
+    return out
+
+
+def twins(cfg: ModelConfig, distill=None) -> tuple[UnifiedModel, UnifiedModel]:
+    """One model twice, the same weights: attention sdpa, and flex."""
+    torch.manual_seed(0)
+    sdpa = UnifiedModel(cfg.model_copy(update={"attention": "sdpa"}))
+    flex = UnifiedModel(cfg.model_copy(update={"attention": "flex", "attention_block": BLOCK}))
+    flex.load_state_dict(sdpa.state_dict())
+    for m in (sdpa, flex):
+        m.distill = distill
+    return sdpa.to(DEVICE), flex.to(DEVICE)
+
+
+def assert_same_outputs(cfg: ModelConfig, batch: dict[str, torch.Tensor], distill=None) -> None:
+    """Losses and real tokens' encoder states agree; on a GPU, every gradient too."""
+    sdpa, flex = twins(cfg, distill)
+    batch = {k: v.to(DEVICE) for k, v in to_shape(batch).items()}
+    real = batch["enc_mask"]
+    with torch.set_grad_enabled(DEVICE.type == "cuda"):
+        outs = [m(batch) for m in (sdpa, flex)]
+        states = [m.encode(batch)[0][real] for m in (sdpa, flex)]
+    for key in ("loss", "sample_loss", "n_tokens"):
+        torch.testing.assert_close(outs[1][key], outs[0][key], atol=1e-5, rtol=1e-5, msg=key)
+    torch.testing.assert_close(states[1], states[0], atol=1e-5, rtol=1e-5)
+    if DEVICE.type == "cuda":
+        for out in outs:
+            out["loss"].backward()
+        for (name, p), q in zip(sdpa.named_parameters(), flex.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.fixture(scope="module")
+def recipe(workspace):
+    return build_recipe(workspace)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(recipe) -> MultimodalTokenizer:
+    return MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets, recipe.seed)
+
+
+@pytest.fixture(scope="module")
+def cfg(tokenizer) -> ModelConfig:
+    return ModelConfig.from_preset("tiny", tokenizer.vocab_size, tokenizer.patch_dims)
+
+
+@pytest.mark.parametrize("d", range(5), ids=OBJECTIVES)
+@pytest.mark.parametrize("per_row", [1, 2], ids=["padded", "packed"])
+def test_flex_equals_sdpa_for_every_objective(recipe, tokenizer, cfg, d, per_row):
+    """Two-view rows: contrastive and itm; packed: 2 rows of 2 samples and 2 padding rows."""
+    assert_same_outputs(cfg, batch_of(tokenizer, sequences(recipe, tokenizer, d, 4), per_row))
+
+
+def test_flex_equals_sdpa_on_mixed_packed_rows_and_without_a_decoder(recipe, tokenizer, cfg):
+    seqs = [s for d in range(5) for s in sequences(recipe, tokenizer, d, 1)]  # every objective, 2 rows
+    assert_same_outputs(cfg, batch_of(tokenizer, seqs, per_row=3))
+    mlm = batch_of(tokenizer, sequences(recipe, tokenizer, MLM, 4), per_row=2)
+    assert_same_outputs(cfg.model_copy(update={"dec_layers": 0}), mlm)
+
+
+def test_block_mask_skips_the_tiles_no_sample_pair_shares(recipe, tokenizer):
+    """The flex mask's tiles: computed where the dense mask has a pair of one sample, skipped elsewhere."""
+    batch = to_shape(batch_of(tokenizer, sequences(recipe, tokenizer, CONTRASTIVE, 6), per_row=3))
+    views = torch.where(batch["enc_sample"] >= 0, 2 * batch["enc_sample"] + batch["enc_view"], -1)
+    dense = attention_mask(views, views)[:, 0] & (views >= 0)[:, :, None]  # sdpa's, less the padding queries
+    some, full = tile_occupancy(dense, BLOCK)
+    mask = block_mask(views, views, causal=False, block=BLOCK)
+    computed = mask.to_dense()[:, 0].bool()  # [B, tiles, tiles]: partial or full
+    assert torch.equal(computed, some)
+    assert torch.equal(mask.full_kv_num_blocks[:, 0], full.sum(-1, dtype=torch.int32))
+    assert 0 < some.sum() < 0.25 * some.numel()  # two rows of three pairs, two of padding: most tiles skipped
+
+
+def test_compiled_two_rank_zero2_run_with_checkpointing_has_the_uncompiled_losses(workspace, tiny_run):
+    """model.compile with activation checkpointing, ZeRO-2 on 2 ranks: tests/conftest.py's `tiny_run`, step for step."""
+    out = workspace / "runs" / "tiny-compiled"
+    sets = ["train.steps=4", "train.checkpoint_every=2", "logging.every=1", "data.workers=0", f"train.output_dir={out}",
+            "model.compile=true", "model.overrides={activation_checkpointing: true}"]
+    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    eager, compiled = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (tiny_run, out))
+    assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [1, 2, 3, 4]
+    losses = [k for k in eager[0] if k.startswith("loss")]
+    assert "loss" in losses and len(losses) > 1  # the total and each task's
+    for a, b in zip(eager, compiled):
+        for k in losses:
+            assert b[k] == pytest.approx(a[k], rel=1e-4), (a["step"], k)
+    graphs = [r["compiled_graphs"] for r in compiled]
+    assert graphs[0] > 0 and graphs[-1] == graphs[-2], graphs  # ragged batches: no graph built for the last steps
