@@ -36,7 +36,7 @@ import torch
 from mfu import mixed_batch
 from workspace import REPO, demo_workspace
 
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.data.loader import build_train_loader
 from unimodal.model import ModelConfig
 from unimodal.model.transformer import Stack, attention_mask, block_mask, tile_occupancy

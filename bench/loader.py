@@ -82,7 +82,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unimodal.config import Recipe, expand_shards, load_recipe, read_yaml  # noqa: E402
+from unimodal.config import Recipe, expand_shards  # noqa: E402
+
+from unimodal.recipe import load_recipe, read_yaml  # noqa: E402
 from unimodal.data.loader import PREFETCH, build_train_loader  # noqa: E402  (the bare loop prefetches as deep)
 from unimodal.tokenize.patches import resize_pixels  # noqa: E402
 from unimodal.tokenize.sequence import IGNORE_INDEX  # noqa: E402

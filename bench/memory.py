@@ -60,7 +60,7 @@ def worker(preset: str, stage: int, out: str, overrides: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
-    from unimodal.config import load_recipe
+    from unimodal.recipe import load_recipe
     from unimodal.model import UnifiedModel, count_parameters
     from unimodal.tokenize.sequence import Segment, TokenSequence, collate
     from unimodal.train.engine import build_engine, model_config

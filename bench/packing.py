@@ -17,7 +17,7 @@ import json
 
 from workspace import REPO, demo_workspace
 
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.data.loader import build_train_loader
 from unimodal.tokenize.sequence import IGNORE_INDEX
 

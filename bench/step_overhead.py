@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from workspace import REPO, demo_workspace
 
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.data.loader import build_train_loader
 from unimodal.model import UnifiedModel
 from unimodal.tokenize.multimodal import MultimodalTokenizer

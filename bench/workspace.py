@@ -18,7 +18,7 @@ from tempfile import TemporaryDirectory
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unimodal.data.demo import write_demo  # noqa: E402
+from unimodal.demo.mixture import write_demo  # noqa: E402
 from unimodal.tokenize.text import shard_texts, train_text_tokenizer  # noqa: E402
 
 

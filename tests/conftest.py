@@ -27,7 +27,7 @@ def workspace(tmp_path_factory) -> Path:
 
     DTMF tones only (speech=False): the same shards on every machine, espeak-ng or not, so
     the tests that train or evaluate on the audio see the same samples everywhere."""
-    from unimodal.data.demo import write_demo
+    from unimodal.demo.mixture import write_demo
     from unimodal.tokenize.text import shard_texts, train_text_tokenizer
 
     root = tmp_path_factory.mktemp("workspace")

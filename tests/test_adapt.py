@@ -17,13 +17,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import REPO, unimodal
-from unimodal.config import MODULES, Recipe, RecipeError, expand_shards, load_recipe
+from unimodal.config import MODULES, Recipe, RecipeError, expand_shards
+from unimodal.recipe import load_recipe
 from unimodal.data.decode import decode_example
-from unimodal.data.demo import digit_scans
-from unimodal.data.shifted import write_shifted
+from unimodal.demo.mixture import digit_scans
+from unimodal.demo.shifted import write_shifted
 from unimodal.data.stream import eval_samples
 from unimodal.model import UnifiedModel
-from unimodal.pretrained import save_weights
+from unimodal.model.pretrained import save_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import collate_rows

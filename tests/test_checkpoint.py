@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SMOKE, PlantsAFile
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.model import UnifiedModel
 from unimodal.train.checkpoint import LATEST, load_latest, remove_partial, saved_steps, tag
 from unimodal.train.guard import NonFiniteLoss

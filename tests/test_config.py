@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from conftest import SMOKE, unimodal
-from unimodal.config import RecipeError, apply_overrides, load_recipe
+from unimodal.config import RecipeError
+from unimodal.recipe import apply_overrides, load_recipe
 
 
 def write_variant(tmp_path, edit, name="bad.yaml"):

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from conftest import SMOKE, unimodal
-from unimodal.config import RecipeError, load_recipe
+from unimodal.config import RecipeError
+from unimodal.recipe import load_recipe
 from unimodal.train.curriculum import load_curriculum
 
 S1, S2, EVERY = 4, 4, 2

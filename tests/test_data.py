@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import SMOKE
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.data.decode import decode_example
 from unimodal.data.loader import build_train_loader
 from unimodal.data.stream import eval_samples

@@ -13,7 +13,7 @@ from PIL import Image
 
 from unimodal.config import ImageTokens, TokenizerConfig, VideoTokens
 from unimodal.data.decode import BadSample, decode_field
-from unimodal.data.fields import DECODABLE
+from unimodal.fields import DECODABLE
 
 TOK = TokenizerConfig(text="unused.model")  # sample rate 16 kHz, 8 video frames
 RATE = TOK.audio.sample_rate

@@ -21,7 +21,7 @@ import soundfile
 import webdataset as wds
 from PIL import Image
 
-from unimodal.data.demo import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, use_speech, write_demo
+from unimodal.demo.mixture import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, use_speech, write_demo
 from unimodal.data.index import shard_samples
 
 SCALE = 0.02

@@ -11,13 +11,14 @@ import wandb
 import yaml
 
 from conftest import SMOKE, unimodal
-from unimodal.config import Recipe, RecipeError, expand_shards, read_yaml
+from unimodal.config import Recipe, RecipeError, expand_shards
+from unimodal.recipe import read_yaml
 from unimodal.data.stream import eval_samples
 from unimodal.eval.harness import evaluate, load_model
 from unimodal.eval.report import format_table, log_to_run
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.pretrained import save_weights
+from unimodal.model.pretrained import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

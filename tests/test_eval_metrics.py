@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import SMOKE
-from unimodal.config import Recipe, RecipeError, load_recipe
+from unimodal.config import Recipe, RecipeError
+from unimodal.recipe import load_recipe
 from unimodal.eval.metrics import accuracy, bleu, edit_distance, exact_match, recall_at_k, word_error_rate
 
 

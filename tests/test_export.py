@@ -23,11 +23,12 @@ import yaml
 import unimodal
 from conftest import SMOKE, PlantsAFile, unimodal as run_unimodal
 from unimodal.cli import main
-from unimodal.config import expand_shards, load_recipe
+from unimodal.config import expand_shards
+from unimodal.recipe import load_recipe
 from unimodal.data.decode import decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.model import UnifiedModel
-from unimodal.pretrained import load_weights
+from unimodal.model.pretrained import load_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID

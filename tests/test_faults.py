@@ -24,7 +24,8 @@ import yaml
 
 from conftest import SMOKE, unimodal_env
 from test_resume import deterministic, descendants, logged_steps
-from unimodal.config import RecipeError, load_recipe
+from unimodal.config import RecipeError
+from unimodal.recipe import load_recipe
 from unimodal.train import checkpoint
 from unimodal.train.checkpoint import LATEST, CheckpointSaveFailed, load_latest, save_checkpoint, saved_steps, tag
 from unimodal.train.lock import LOCK, OutputDirLocked, acquire, release

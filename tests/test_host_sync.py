@@ -44,7 +44,7 @@ def count_reads(workspace, out, port: int) -> None:
     """In a fresh process: train the smoke stage, noting each read's step and owner; results to `out`.json."""
     import torch.distributed as dist
 
-    from unimodal.config import load_recipe
+    from unimodal.recipe import load_recipe
     from unimodal.train.loop import train
     from unimodal.train.metrics import MetricsLogger
 

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import SMOKE, unimodal
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.data.index import write_index
 from unimodal.data.loader import TooManyBadSamples, build_train_loader
 from unimodal.data.stream import ShardStream
@@ -173,7 +173,7 @@ def test_a_process_exiting_with_live_workers_ends_them(in_workspace, tmp_path):
     write_shards(tmp_path / "shards", "img")
     path = image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar")}], workers=1)
     script = (
-        "import sys; from unimodal.config import load_recipe; from unimodal.data.loader import build_train_loader\n"
+        "import sys; from unimodal.recipe import load_recipe; from unimodal.data.loader import build_train_loader\n"
         "batches = iter(build_train_loader(load_recipe(sys.argv[1]), 0)); next(batches)\n"
         "import multiprocessing; assert multiprocessing.active_children()  # a worker is alive at exit\n"
     )

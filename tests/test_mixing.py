@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 from conftest import SMOKE, unimodal
-from unimodal.config import RecipeError, load_recipe
+from unimodal.config import RecipeError
+from unimodal.recipe import load_recipe
 from unimodal.data.balance import MixBoard, MixPolicy, bounded, loss_aware_mix
 from unimodal.data.loader import build_train_loader
 from unimodal.data.mixing import cumulative, slot_sampler

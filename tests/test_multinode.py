@@ -19,7 +19,8 @@ import pytest
 
 from conftest import REPO, SMOKE, unimodal, unimodal_env
 from test_resume import deterministic
-from unimodal.config import expand_shards, load_recipe
+from unimodal.config import expand_shards
+from unimodal.recipe import load_recipe
 from unimodal.train.launch import free_port
 
 SETS = [

@@ -25,9 +25,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import SMOKE, unimodal
-from unimodal.config import OBJECTIVES, Recipe, RecipeError, expand_shards, load_recipe, read_yaml
+from unimodal.config import OBJECTIVES, Recipe, RecipeError, expand_shards
+from unimodal.recipe import load_recipe, read_yaml
 from unimodal.data.decode import decode_example
-from unimodal.data.demo import WORDS, digit_sound
+from unimodal.demo.mixture import WORDS, digit_sound
 from unimodal.data.stream import eval_samples
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.flops import batch_train_flops, decoder_flops, view_lengths

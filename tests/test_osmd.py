@@ -12,17 +12,18 @@ import torch
 import webdataset as wds
 
 from conftest import REPO, unimodal
-from unimodal.config import RecipeError, expand_shards, load_recipe
-from unimodal.data.avmnist import write_avmnist
+from unimodal.config import RecipeError, expand_shards
+from unimodal.recipe import load_recipe
+from unimodal.demo.avmnist import write_avmnist
 from unimodal.data.decode import decode_example
-from unimodal.data.demo import WORDS
+from unimodal.demo.mixture import WORDS
 from unimodal.data.stream import eval_samples
 from unimodal.model import UnifiedModel
 from unimodal.model.distill import DistillPlan
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID, shard_texts, train_text_tokenizer
-from unimodal.pretrained import load_weights
+from unimodal.model.pretrained import load_weights
 from unimodal.train.engine import model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import SMOKE, unimodal
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.data.loader import build_train_loader
-from unimodal.data.plan import format_plan, plan
+from unimodal.commands.plan import format_plan, plan
 
 
 def demo_sizes(workspace) -> dict[str, int]:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, unimodal
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.train.curriculum import load_curriculum
 from unimodal.train.start import describe
 

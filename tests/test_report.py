@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import SMOKE
 from unimodal.cli import main
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.train.metrics import MetricsLogger
 
 DASHBOARD = ["loss", "loss/digit-captions", "tokens_per_s", "mfu", "data_wait_s", "padding_efficiency",

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import SMOKE, unimodal
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.eval.harness import evaluate, load_model
-from unimodal.pretrained import load_weights
+from unimodal.model.pretrained import load_weights
 
 STEPS, EVERY = 16, 8
 

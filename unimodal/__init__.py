@@ -1,5 +1,5 @@
 """unimodal: pretrain one shared Transformer on image, video, audio and text."""
 
-from unimodal.pretrained import load_pretrained, load_tokenizer
+from unimodal.model.pretrained import load_pretrained, load_tokenizer
 
 __all__ = ["load_pretrained", "load_tokenizer"]

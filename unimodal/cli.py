@@ -24,9 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from unimodal.config import RecipeError, load_recipe
-from unimodal.data.fields import DECODABLE
-from unimodal.data.inspect import NoShards, format_report, inspect_shards, shard_urls
+from unimodal.config import RecipeError
+
+from unimodal.recipe import load_recipe
+from unimodal.fields import DECODABLE
+from unimodal.commands.inspect import NoShards, format_report, inspect_shards, shard_urls
 from unimodal.data.write import ShardWriteError, folder_samples, manifest_samples, size_in_bytes, summary, write_shards
 from unimodal.train.launch import StageFailed, StageStopped
 
@@ -34,20 +36,20 @@ DEMO_DATA, DEMO_RUNS, DEMO_CURRICULUM = Path("data/demo"), Path("runs/demo"), Pa
 
 
 def cmd_data_demo(args) -> None:
-    from unimodal.data.demo import write_demo
+    from unimodal.demo.mixture import write_demo
 
     counts = write_demo(args.out_dir, scale=args.scale, seed=args.seed, speech=args.speech)
     print(json.dumps(counts))
 
 
 def cmd_data_shifted(args) -> None:
-    from unimodal.data.shifted import write_shifted
+    from unimodal.demo.shifted import write_shifted
 
     print(json.dumps(write_shifted(args.out_dir, scale=args.scale, seed=args.seed, noise=args.noise)))
 
 
 def cmd_data_avmnist(args) -> None:
-    from unimodal.data.avmnist import write_avmnist
+    from unimodal.demo.avmnist import write_avmnist
 
     degradation = {k: v for k, v in (("noise", args.noise), ("occlusion", args.occlusion), ("copies", args.copies)) if v is not None}
     counts = write_avmnist(args.out_dir, scale=args.scale, seed=args.seed, speech=args.speech, **degradation)
@@ -86,7 +88,7 @@ def cmd_curriculum(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from unimodal.data.plan import format_plan, plan
+    from unimodal.commands.plan import format_plan, plan
 
     report = plan(args.recipe, args.nproc, args.set, args.simulate, args.probe)
     print(json.dumps(report, indent=2) if args.json else format_plan(report))
@@ -125,7 +127,7 @@ def cmd_report(args) -> None:
 
 def cmd_demo(args) -> None:
     """Shards, tokenizer, a two-stage curriculum on `--nproc` ranks, evaluation, summary."""
-    from unimodal.data.demo import write_demo
+    from unimodal.demo.mixture import write_demo
     from unimodal.eval.harness import evaluate, load_model
     from unimodal.eval.report import format_table
     from unimodal.tokenize.text import shard_texts, train_text_tokenizer

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -26,7 +25,8 @@ import torchaudio.functional as AF
 from PIL import Image
 
 from unimodal.config import DatasetConfig, TokenizerConfig, VideoTokens
-from unimodal.data.fields import extension, split_field
+from unimodal.example import Example
+from unimodal.fields import extension, split_field
 
 
 JPEG_MAGIC = b"\xff\xd8\xff"  # start of image, then the first marker
@@ -38,20 +38,6 @@ class BadSample(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
-
-
-@dataclass
-class Example:
-    """A decoded sample: its dataset, raw inputs per modality, and text target (seq2seq only).
-
-    `key` and `epoch` (0 outside training) seed the sample's masks for mlm and mim.
-    """
-
-    dataset: int
-    key: str
-    inputs: dict[str, Any]  # "text": str, "image": uint8 [H,W,3], "audio": float32 [n], "video": uint8 [T,H,W,3]
-    target: str | None
-    epoch: int = 0
 
 
 def decode_image(data: bytes, size: int | None = None) -> np.ndarray:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unimodal.data.fields import PICKLED, suffix
+from unimodal.fields import PICKLED, suffix
 from unimodal.data.index import write_index
 
 INLINE_TEXT = ("txt", "cls")  # manifest values of these are the text itself

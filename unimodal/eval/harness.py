@@ -25,7 +25,7 @@ from unimodal.data.stream import eval_samples
 from unimodal.eval.metrics import accuracy, bleu, exact_match, recall_at_k, word_error_rate
 from unimodal.eval.objectives import Batches, generated_texts, masked_tokens, match_predictions, pair_similarities
 from unimodal.model import UnifiedModel
-from unimodal.pretrained import NotPretrained, load_pretrained
+from unimodal.model.pretrained import NotPretrained, load_pretrained
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import collate_rows

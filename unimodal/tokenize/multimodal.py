@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from unimodal.config import DatasetConfig, TokenizerConfig
-from unimodal.data.decode import Example
+from unimodal.example import Example
 from unimodal.tokenize.objectives import lay_out, mask_seed, with_privileged
 from unimodal.tokenize.patches import AudioPatcher, ImagePatcher, VideoPatcher
 from unimodal.tokenize.sequence import Segment, TokenSequence

@@ -20,7 +20,9 @@ from types import TracebackType
 
 import torch.distributed as dist
 
-from unimodal.config import RecipeError, load_recipe
+from unimodal.config import RecipeError
+
+from unimodal.recipe import load_recipe
 from unimodal.data.loader import TooManyBadSamples
 from unimodal.train.checkpoint import CheckpointSaveFailed
 from unimodal.train.guard import NonFiniteLoss

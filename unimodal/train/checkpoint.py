@@ -11,7 +11,7 @@ complete checkpoint; leftovers are removed by the next run. A save that fails
 with `CheckpointSaveFailed`, `latest` unchanged; a `latest` that fails to load
 on any rank is passed over, on every rank, for the complete checkpoint before
 it. At the end of a stage the full fp32 weights are
-gathered here and written by `unimodal.pretrained` as `model.safetensors` +
+gathered here and written by `unimodal.model.pretrained` as `model.safetensors` +
 `config.json`: the next curriculum stage and the evaluator load those safely,
 without DeepSpeed or pickle.
 

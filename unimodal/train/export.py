@@ -3,7 +3,7 @@
 DeepSpeed's own zero_to_fp32 merges the ZeRO-1/2/3 partitions of the fp32
 master weights (the true weights, also under bf16) into whole tensors; they
 are checked against the model the run's `recipe.yaml` describes, then written
-in the format of `unimodal.pretrained` with the run's tokenizer beside them.
+in the format of `unimodal.model.pretrained` with the run's tokenizer beside them.
 
 Safety: zero_to_fp32 (DeepSpeed 0.19.8) turns torch.load's weights_only off,
 which would unpickle whatever a checkpoint file holds; export makes every load
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 from unimodal.model import UnifiedModel
-from unimodal.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_weights
+from unimodal.model.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import weights_only_loads
 from unimodal.train.engine import model_config

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from unimodal.config import load_recipe
+from unimodal.recipe import load_recipe
 
 
 class StageFailed(RuntimeError):

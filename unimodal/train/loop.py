@@ -28,8 +28,8 @@ from unimodal.data.loader import build_train_loader
 from unimodal.model import UnifiedModel, count_parameters
 from unimodal.model.distill import DistillPlan
 from unimodal.model.flops import batch_train_flops
+from unimodal.model.pretrained import save_weights
 from unimodal.model.transformer import compiled_graphs
-from unimodal.pretrained import save_weights
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
 from unimodal.train.balancer import Balancer

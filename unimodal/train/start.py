@@ -22,7 +22,7 @@ from typing import Any
 from unimodal.config import Recipe, RecipeError
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.config import EXECUTION_FIELDS
-from unimodal.pretrained import load_weights
+from unimodal.model.pretrained import load_weights
 from unimodal.train.checkpoint import DONE, has_checkpoint, tag, weights_only_loads
 from unimodal.train.engine import deepspeed_config
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unimodal.data.demo import IMAGE_SIZE, SPLITS, TRAIN_SHARDS, digit_scans, image_samples, upscale, write_shards
+from unimodal.demo.mixture import IMAGE_SIZE, SPLITS, TRAIN_SHARDS, digit_scans, image_samples, upscale, write_shards
 
 
 def shift(scan: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:

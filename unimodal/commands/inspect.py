@@ -28,7 +28,7 @@ from typing import Any
 
 from unimodal.config import REMOTE_PREFIXES, TokenizerConfig, expand_shards
 from unimodal.data.decode import BadSample, decode_field
-from unimodal.data.fields import PICKLED, modality_of, suffix
+from unimodal.fields import PICKLED, modality_of, suffix
 from unimodal.data.stream import BrokenShard, read_shard
 
 EXAMPLES = 20

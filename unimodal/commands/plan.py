@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from unimodal.config import Recipe, RecipeError, expand_shards, load_recipe, read_yaml
+from unimodal.config import Recipe, RecipeError, expand_shards
+
+from unimodal.recipe import load_recipe, read_yaml
 from unimodal.data.balance import MixPolicy, dataset_sizes
 from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.mixing import cumulative, slot_sampler

@@ -3,7 +3,7 @@
 AV-MNIST (Vielzeuf et al., 2018), the literature's standard missing-modality
 test, pairs each handwritten digit image, degraded so that the image alone is
 unsure, with the same digit spoken. Here, from the demo's sources
-(unimodal/data/demo.py):
+(unimodal/demo/mixture.py):
 
     png   a sklearn digit scan at 32x32, degraded: an occluding black square at a
           random place, optionally white noise; the ordinary modality
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unimodal.data.demo import IMAGE_SIZE, TRAIN_SHARDS, WORDS, digit_scans, digit_sound, png, upscale, use_speech, write_shards
+from unimodal.demo.mixture import IMAGE_SIZE, TRAIN_SHARDS, WORDS, digit_scans, digit_sound, png, upscale, use_speech, write_shards
 
 PREFIX = "avmnist"
 # Defaults: the tiny model's image-only accuracy about 0.5 (bench/RESULTS.md, OS-MD). Noise costs it far more than
@@ -79,7 +79,7 @@ def write_avmnist(
     speech: bool | None = None,
 ) -> dict[str, int]:
     """Write the paired shards under `out_dir`; return {split: samples}. `scale` takes a fraction of the scans;
-    `speech` as the demo's (`unimodal.data.demo.use_speech`)."""
+    `speech` as the demo's (`unimodal.demo.mixture.use_speech`)."""
     if not 0 <= occlusion <= IMAGE_SIZE:
         raise ValueError(f"occlusion {occlusion}: a square side in pixels, 0 to {IMAGE_SIZE}")
     if noise < 0 or copies < 1:

@@ -1,0 +1,20 @@
+"""A decoded sample: the contract between decoding (unimodal.data) and tokenizing (unimodal.tokenize)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Example:
+    """A decoded sample: its dataset, raw inputs per modality, and text target (seq2seq only).
+
+    `key` and `epoch` (0 outside training) seed the sample's masks for mlm and mim.
+    """
+
+    dataset: int
+    key: str
+    inputs: dict[str, Any]  # "text": str, "image": uint8 [H,W,3], "audio": float32 [n], "video": uint8 [T,H,W,3]
+    target: str | None
+    epoch: int = 0
