@@ -64,7 +64,10 @@ def main() -> None:
         unimodal("data", "shifted", "data/demo-shifted", "--scale", str(args.scale))
         _, seconds = train(ws, "pretrain.yaml", args.pretrain_steps, pretrained, common)
         clean, frozen = score(ws, "pretrain.yaml", pretrained), score(ws, "adapt.yaml", pretrained)
-        print(f"pretrained {args.pretrain_steps} steps ({seconds:.0f} s): {METRIC} {clean:.3f} clean, {frozen:.3f} shifted", flush=True)
+        print(
+            f"pretrained {args.pretrain_steps} steps ({seconds:.0f} s): {METRIC} {clean:.3f} clean, {frozen:.3f} shifted",
+            flush=True,
+        )
         runs = {}
         for name, recipe in TRAININGS.items():
             out = f"runs/adapt/{name}"
@@ -75,25 +78,51 @@ def main() -> None:
     rows = [("run", "trainable", "fraction", "loop s", "command s", "peak MiB", f"{METRIC} shifted")]
     rows.append(("frozen", "0", "0", "-", "-", "-", f"{frozen:.3f}"))
     for name, r in runs.items():
-        rows.append((name, f"{r['trainable_parameters']:,}", f"{r['trainable_parameters'] / r['parameters']:.2%}",
-                     f"{r['seconds']:.1f}", f"{r['command_seconds']:.1f}", f"{r['peak_memory_mib']:.0f}", f"{r['metric']:.3f}"))
+        rows.append(
+            (
+                name,
+                f"{r['trainable_parameters']:,}",
+                f"{r['trainable_parameters'] / r['parameters']:.2%}",
+                f"{r['seconds']:.1f}",
+                f"{r['command_seconds']:.1f}",
+                f"{r['peak_memory_mib']:.0f}",
+                f"{r['metric']:.3f}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print(f"\n{args.steps} steps from the pretrained model ({METRIC} on the clean test scans: {clean:.3f}); "
-          f"peak memory: {runs['adapted']['peak_memory_of']}")
+    print(
+        f"\n{args.steps} steps from the pretrained model ({METRIC} on the clean test scans: {clean:.3f}); "
+        f"peak memory: {runs['adapted']['peak_memory_of']}"
+    )
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
     adapted, full = runs["adapted"], runs["full_finetune"]
-    print(json.dumps({
-        "bench": "adapt", "metric": METRIC, "steps": args.steps, "pretrain_steps": args.pretrain_steps, "scale": args.scale,
-        "nproc": args.nproc, "clean_metric": clean, "frozen_metric": frozen, "adapted_metric": adapted["metric"],
-        "full_finetune_metric": full["metric"], "parameters": adapted["parameters"],
-        "trainable_parameters": adapted["trainable_parameters"],
-        "trainable_fraction": adapted["trainable_parameters"] / adapted["parameters"],
-        "adapt_seconds": adapted["seconds"], "full_finetune_seconds": full["seconds"],
-        "adapt_command_seconds": adapted["command_seconds"], "full_finetune_command_seconds": full["command_seconds"],
-        "adapt_peak_memory_mib": adapted["peak_memory_mib"], "full_finetune_peak_memory_mib": full["peak_memory_mib"],
-        "peak_memory_of": adapted["peak_memory_of"],
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "adapt",
+                "metric": METRIC,
+                "steps": args.steps,
+                "pretrain_steps": args.pretrain_steps,
+                "scale": args.scale,
+                "nproc": args.nproc,
+                "clean_metric": clean,
+                "frozen_metric": frozen,
+                "adapted_metric": adapted["metric"],
+                "full_finetune_metric": full["metric"],
+                "parameters": adapted["parameters"],
+                "trainable_parameters": adapted["trainable_parameters"],
+                "trainable_fraction": adapted["trainable_parameters"] / adapted["parameters"],
+                "adapt_seconds": adapted["seconds"],
+                "full_finetune_seconds": full["seconds"],
+                "adapt_command_seconds": adapted["command_seconds"],
+                "full_finetune_command_seconds": full["command_seconds"],
+                "adapt_peak_memory_mib": adapted["peak_memory_mib"],
+                "full_finetune_peak_memory_mib": full["peak_memory_mib"],
+                "peak_memory_of": adapted["peak_memory_of"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

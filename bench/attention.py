@@ -36,11 +36,11 @@ import torch
 from mfu import mixed_batch
 from workspace import REPO, demo_workspace
 
-from unimodal.recipe import load_recipe
 from unimodal.data.loader import build_train_loader
 from unimodal.model import ModelConfig
 from unimodal.model.transformer import Stack, attention_mask, block_mask, tile_occupancy
 from unimodal.model.unified import view_ids
+from unimodal.recipe import load_recipe
 
 LENGTHS = (512, 2048, 8192)
 
@@ -85,7 +85,9 @@ def main() -> None:
     p.add_argument("--block", type=int, default=32, help="flex tile size (query x key tokens)")
     p.add_argument("--rows", type=int, default=2, help="packed rows a step (1 at 8192)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--layers-8192", type=int, default=None, help="encoder layers at 8192 (default: 2 on CPU, all on a GPU)")
+    p.add_argument(
+        "--layers-8192", type=int, default=None, help="encoder layers at 8192 (default: 2 on CPU, all on a GPU)"
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     train = device.type == "cuda"
@@ -94,11 +96,19 @@ def main() -> None:
     with demo_workspace():
         views = {n: packed_views(n, 1 if n == 8192 else args.rows) for n in LENGTHS}
 
-    print(f"encoder stack of `base` (d {base.d_model}, {base.n_heads} heads), {device.type}, {dtype}, "
-          f"{'forward + backward' if train else 'forward only (no FlexAttention backward on CPU)'}, flex tiles {args.block}")
-    print("| row tokens | rows | samples' views | layers | dense s | flex s | speedup | dense FLOPs / needed | flex FLOPs / needed |")
+    print(
+        f"encoder stack of `base` (d {base.d_model}, {base.n_heads} heads), {device.type}, {dtype}, "
+        f"{'forward + backward' if train else 'forward only (no FlexAttention backward on CPU)'}, flex tiles {args.block}"
+    )
+    print(
+        "| row tokens | rows | samples' views | layers | dense s | flex s | speedup | dense FLOPs / needed | flex FLOPs / needed |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    result = {"bench": "attention", "device": torch.cuda.get_device_name(device) if train else "cpu", "block": args.block}
+    result = {
+        "bench": "attention",
+        "device": torch.cuda.get_device_name(device) if train else "cpu",
+        "block": args.block,
+    }
     for n, v in views.items():
         layers = base.enc_layers if n < 8192 else args.layers_8192 or (base.enc_layers if train else 2)
         cfg = base.model_copy(update={"enc_layers": layers})
@@ -109,14 +119,22 @@ def main() -> None:
         dense = step_seconds(stack, x, attention_mask(v, v), train, args.repeats)
         flex = step_seconds(stack, x, block_mask(v, v, causal=False, block=args.block), train, args.repeats)
         dense_ratio, flex_ratio = flops_ratios(v.cpu(), args.block)
-        print(f"| {n} | {v.shape[0]} | {len(torch.unique(v[v >= 0]))} | {layers} | {dense:.3f} | {flex:.3f} | "
-              f"{dense / flex:.2f} | {dense_ratio:.2f} | {flex_ratio:.2f} |")
-        result |= {f"speedup_{n}": round(dense / flex, 3), f"dense_flops_ratio_{n}": round(dense_ratio, 3),
-                   f"new_flops_ratio_{n}": round(flex_ratio, 3), f"layers_{n}": layers}
+        print(
+            f"| {n} | {v.shape[0]} | {len(torch.unique(v[v >= 0]))} | {layers} | {dense:.3f} | {flex:.3f} | "
+            f"{dense / flex:.2f} | {dense_ratio:.2f} | {flex_ratio:.2f} |"
+        )
+        result |= {
+            f"speedup_{n}": round(dense / flex, 3),
+            f"dense_flops_ratio_{n}": round(dense_ratio, 3),
+            f"new_flops_ratio_{n}": round(flex_ratio, 3),
+            f"layers_{n}": layers,
+        }
     rows = view_ids(mixed_batch(np.random.default_rng(0), 4 * 2560, 2048))
     unival = {b: flops_ratios(rows, b) for b in (32, 64, 128)}
-    print(f"UnIVAL-sized samples, {rows.shape[0]} rows of 2048: dense FLOPs / needed {unival[128][0]:.2f}, flex "
-          + ", ".join(f"{r[1]:.2f} at tiles of {b}" for b, r in unival.items()))
+    print(
+        f"UnIVAL-sized samples, {rows.shape[0]} rows of 2048: dense FLOPs / needed {unival[128][0]:.2f}, flex "
+        + ", ".join(f"{r[1]:.2f} at tiles of {b}" for b, r in unival.items())
+    )
     result |= {f"unival_new_flops_ratio_2048_block{b}": round(r[1], 3) for b, r in unival.items()}
     result["unival_dense_flops_ratio_2048"] = round(unival[128][0], 3)
     print(json.dumps(result))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from workspace import REPO, demo_workspace, unimodal
 
@@ -50,32 +49,70 @@ def main() -> None:
     results: dict[str, dict[int, dict[str, float]]] = {name: {} for name in STRATEGIES}
     started = time.perf_counter()
     with demo_workspace(scale=args.scale) as ws:
-        unimodal("train", str(smoke / "stage1.yaml"), *common, "--set", f"train.steps={args.stage1_steps}",
-                 "--set", f"train.checkpoint_every={args.stage1_steps}")
+        unimodal(
+            "train",
+            str(smoke / "stage1.yaml"),
+            *common,
+            "--set",
+            f"train.steps={args.stage1_steps}",
+            "--set",
+            f"train.checkpoint_every={args.stage1_steps}",
+        )
         print(f"stage 1: {args.stage1_steps} steps ({time.perf_counter() - started:.0f} s)", flush=True)
         for name, sampling in STRATEGIES.items():
             for seed in seeds:
                 out = ws / "runs" / f"{name}-{seed}"
                 sets = [
-                    f"seed={seed}", f"init_from={ws / 'runs' / 'demo' / 'stage1'}", f"train.steps={args.steps}",
-                    f"train.checkpoint_every={args.steps}", f"train.output_dir={out}",
-                    f"data.datasets.{VIDEO}.shards=data/demo/train/video-000000.tar", *sampling,
+                    f"seed={seed}",
+                    f"init_from={ws / 'runs' / 'demo' / 'stage1'}",
+                    f"train.steps={args.steps}",
+                    f"train.checkpoint_every={args.steps}",
+                    f"train.output_dir={out}",
+                    f"data.datasets.{VIDEO}.shards=data/demo/train/video-000000.tar",
+                    *sampling,
                 ]
                 flags = [a for s in sets for a in ("--set", s)]
                 unimodal("train", str(smoke / "stage2.yaml"), *common, *flags)
-                unimodal("eval", str(smoke / "stage2.yaml"), "--checkpoint", str(out), "--json", str(out / "eval.json"), *flags)
-                scores = {d: r["metrics"]["exact_match"] for d, r in json.loads((out / "eval.json").read_text()).items()}
+                unimodal(
+                    "eval",
+                    str(smoke / "stage2.yaml"),
+                    "--checkpoint",
+                    str(out),
+                    "--json",
+                    str(out / "eval.json"),
+                    *flags,
+                )
+                scores = {
+                    d: r["metrics"]["exact_match"] for d, r in json.loads((out / "eval.json").read_text()).items()
+                }
                 results[name][seed] = scores
-                print(f"{name:13} seed {seed}: " + "  ".join(f"{d} {a:.3f}" for d, a in scores.items())
-                      + f"  ({time.perf_counter() - started:.0f} s)", flush=True)
+                print(
+                    f"{name:13} seed {seed}: "
+                    + "  ".join(f"{d} {a:.3f}" for d, a in scores.items())
+                    + f"  ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
 
     print(f"\n{SMALLEST} (smallest task) held-out exact match, {args.steps} stage-2 steps:")
     for name, by_seed in results.items():
         accs = [by_seed[s][SMALLEST] for s in seeds]
-        print(f"  {name:13} " + "  ".join(f"seed {s}: {a:.3f}" for s, a in zip(seeds, accs)) + f"  mean {sum(accs) / len(accs):.3f}")
-    print(json.dumps({"bench": "balancing", "smallest": SMALLEST, "steps": args.steps, "scale": args.scale,
-                      "smallest_accuracy": {n: {str(s): r[s][SMALLEST] for s in seeds} for n, r in results.items()},
-                      "all": {n: {str(s): r[s] for s in seeds} for n, r in results.items()}}))
+        print(
+            f"  {name:13} "
+            + "  ".join(f"seed {s}: {a:.3f}" for s, a in zip(seeds, accs))
+            + f"  mean {sum(accs) / len(accs):.3f}"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "balancing",
+                "smallest": SMALLEST,
+                "steps": args.steps,
+                "scale": args.scale,
+                "smallest_accuracy": {n: {str(s): r[s][SMALLEST] for s in seeds} for n, r in results.items()},
+                "all": {n: {str(s): r[s] for s in seeds} for n, r in results.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -83,9 +83,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from unimodal.config import Recipe, expand_shards  # noqa: E402
-
-from unimodal.recipe import load_recipe, read_yaml  # noqa: E402
 from unimodal.data.loader import PREFETCH, build_train_loader  # noqa: E402  (the bare loop prefetches as deep)
+from unimodal.recipe import load_recipe, read_yaml  # noqa: E402
 from unimodal.tokenize.patches import resize_pixels  # noqa: E402
 from unimodal.tokenize.sequence import IGNORE_INDEX  # noqa: E402
 from unimodal.tokenize.text import shard_texts, train_text_tokenizer  # noqa: E402
@@ -107,10 +106,42 @@ QUICK_WRITE = {"image": 24, "audio": 16, "video": 8, "text": 64}
 QUICK_TIMED = {"image": 40, "audio": 40, "video": 8, "text": 200}
 
 WORDS = {
-    "adj": "red small old bright dark wooden tall quiet busy green white narrow wide ancient modern".split(),
-    "noun": "temple flower garden roof tree path wall sky lantern bridge petal stone tower leaf river".split(),
-    "verb": "stands grows leans rises sits glows hangs opens waits shines".split(),
-    "prep": "near under behind beside above across before".split(),
+    "adj": [
+        "red",
+        "small",
+        "old",
+        "bright",
+        "dark",
+        "wooden",
+        "tall",
+        "quiet",
+        "busy",
+        "green",
+        "white",
+        "narrow",
+        "wide",
+        "ancient",
+        "modern",
+    ],
+    "noun": [
+        "temple",
+        "flower",
+        "garden",
+        "roof",
+        "tree",
+        "path",
+        "wall",
+        "sky",
+        "lantern",
+        "bridge",
+        "petal",
+        "stone",
+        "tower",
+        "leaf",
+        "river",
+    ],
+    "verb": ["stands", "grows", "leans", "rises", "sits", "glows", "hangs", "opens", "waits", "shines"],
+    "prep": ["near", "under", "behind", "beside", "above", "across", "before"],
 }
 
 
@@ -188,11 +219,18 @@ def text_samples(n: int, rng: np.random.Generator):
         yield {"txt": text, "json": {"title": " ".join(text.split()[: int(rng.integers(3, 7))])}}
 
 
-def write_shards(root: Path, quick: bool, image_stored: int = IMAGE_STORED, tar: str = "webdataset", seed: int = 0) -> dict[str, str]:
+def write_shards(
+    root: Path, quick: bool, image_stored: int = IMAGE_STORED, tar: str = "webdataset", seed: int = 0
+) -> dict[str, str]:
     """Shards for every modality under root/shards (reused when already there); {modality: pattern}."""
     counts = QUICK_WRITE if quick else WRITE
     shards = 2 if quick else SHARDS
-    makers = {"image": functools.partial(image_samples, stored=image_stored), "audio": audio_samples, "video": video_samples, "text": text_samples}
+    makers = {
+        "image": functools.partial(image_samples, stored=image_stored),
+        "audio": audio_samples,
+        "video": video_samples,
+        "text": text_samples,
+    }
     patterns = {}
     for k, m in enumerate(MODALITIES):
         folder = root / ("shards" if tar == "webdataset" else f"shards-{tar}")
@@ -215,7 +253,9 @@ def write_shards(root: Path, quick: bool, image_stored: int = IMAGE_STORED, tar:
 # ---------------------------------------------------------------- the loops
 
 
-def make_recipe(root: Path, modality: str, pattern: str, sp: Path, workers: int, batch_tokens: int, image_size: int) -> Recipe:
+def make_recipe(
+    root: Path, modality: str, pattern: str, sp: Path, workers: int, batch_tokens: int, image_size: int
+) -> Recipe:
     """recipes/smoke/stage2.yaml reduced to its `modality` dataset, at realistic media sizes."""
     raw = read_yaml(STAGE2)
     ds = next(d for d in raw["data"]["datasets"] if modality in d["inputs"])
@@ -362,11 +402,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts (default 1,2)")
     ap.add_argument("--modalities", default=",".join(MODALITIES))
     ap.add_argument("--repeats", type=int, default=1, help="alternate the loops this many times, keep each one's best")
-    ap.add_argument("--batch-tokens", type=int, default=4096, help="recipe data.batch_tokens (default: DataConfig's 4096)")
-    ap.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="recipe image size (another than --image-stored: the loader resizes)")
+    ap.add_argument(
+        "--batch-tokens", type=int, default=4096, help="recipe data.batch_tokens (default: DataConfig's 4096)"
+    )
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=IMAGE_SIZE,
+        help="recipe image size (another than --image-stored: the loader resizes)",
+    )
     ap.add_argument("--image-stored", type=int, default=IMAGE_STORED, help="side of the stored JPEGs")
-    ap.add_argument("--tar", choices=("webdataset", "ustar"), default="webdataset",
-                    help="shard headers: webdataset's ShardWriter's (a pax header a member) or plain ustar")
+    ap.add_argument(
+        "--tar",
+        choices=("webdataset", "ustar"),
+        default="webdataset",
+        help="shard headers: webdataset's ShardWriter's (a pax header a member) or plain ustar",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shards and counts, 1 worker: a smoke run")
     ap.add_argument("--data", type=Path, help="keep shards and tokenizer here (reused next time)")
     ap.add_argument("--profile", choices=MODALITIES, help="cProfile the full pipeline at workers=0 instead")
@@ -385,7 +436,9 @@ def main(argv: list[str] | None = None) -> dict:
         patterns = write_shards(root, args.quick, args.image_stored, args.tar)
         sp = root / "tokenizer" / "sp.model"
         if not sp.exists():
-            train_text_tokenizer(shard_texts(list(patterns.values())), sp.parent, vocab_size=256 if args.quick else 1024)
+            train_text_tokenizer(
+                shard_texts(list(patterns.values())), sp.parent, vocab_size=256 if args.quick else 1024
+            )
         print(f"shards and tokenizer in {root} ({time.perf_counter() - t0:.1f} s)", flush=True)
         budgets = {m: args.batch_tokens for m in MODALITIES}
         if args.profile:
@@ -395,8 +448,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows, out = [], {"bench": "loader", "device": f"cpu, {os.cpu_count()} cores", "workers": workers}
         out["tar"] = args.tar
         out["loadavg_start"] = round(os.getloadavg()[0], 2)  # other jobs on the machine: noise
-        print(f"{'modality':8} {'workers':>7} {'batch':>5} {'tokens':>6} {'full samples/s':>14} {'full tokens/s':>13}"
-              f" {'bare samples/s':>14} {'full/bare':>9} {'bare+resize/s':>13} {'full/(b+r)':>10}", flush=True)
+        print(
+            f"{'modality':8} {'workers':>7} {'batch':>5} {'tokens':>6} {'full samples/s':>14} {'full tokens/s':>13}"
+            f" {'bare samples/s':>14} {'full/bare':>9} {'bare+resize/s':>13} {'full/(b+r)':>10}",
+            flush=True,
+        )
         for m in modalities:
             samples = args.samples or (QUICK_TIMED if args.quick else TIMED)[m]
             urls = expand_shards(patterns[m])
@@ -428,14 +484,26 @@ def main(argv: list[str] | None = None) -> dict:
                 if "bare_resize" in rate:
                     row["bare_resize_samples_per_s"] = round(rate["bare_resize"], 2)
                     row["ratio_vs_bare_resize"] = round(rate["full"] / rate["bare_resize"], 3)
-                for k in ("full_samples_per_s", "full_tokens_per_s", "bare_samples_per_s", "ratio", "ratio_vs_bare_resize"):
+                for k in (
+                    "full_samples_per_s",
+                    "full_tokens_per_s",
+                    "bare_samples_per_s",
+                    "ratio",
+                    "ratio_vs_bare_resize",
+                ):
                     if k in row:
                         out[f"{m}_w{w}_{k}"] = row[k]
                 rows.append((m, w, row))
-                resized = (f"{row['bare_resize_samples_per_s']:>13.1f} {row['ratio_vs_bare_resize']:>10.2f}"
-                           if "bare_resize_samples_per_s" in row else f"{'-':>13} {'-':>10}")
-                print(f"{m:8} {w:>7} {row['batch']:>5} {row['tokens_per_sample']:>6.0f} {rate['full']:>14.1f}"
-                      f" {row['full_tokens_per_s']:>13.0f} {rate['bare']:>14.1f} {row['ratio']:>9.2f} {resized}", flush=True)
+                resized = (
+                    f"{row['bare_resize_samples_per_s']:>13.1f} {row['ratio_vs_bare_resize']:>10.2f}"
+                    if "bare_resize_samples_per_s" in row
+                    else f"{'-':>13} {'-':>10}"
+                )
+                print(
+                    f"{m:8} {w:>7} {row['batch']:>5} {row['tokens_per_sample']:>6.0f} {rate['full']:>14.1f}"
+                    f" {row['full_tokens_per_s']:>13.0f} {rate['bare']:>14.1f} {row['ratio']:>9.2f} {resized}",
+                    flush=True,
+                )
             head = next((r for mm, w, r in rows if mm == m and w == 1), None) or next(r for mm, _, r in rows if mm == m)
             out[f"{m}_ratio"] = head["ratio"]
             out[f"{m}_samples_per_s"] = head["full_samples_per_s"]
@@ -445,8 +513,10 @@ def main(argv: list[str] | None = None) -> dict:
                 out[f"{m}_ratio_vs_bare_resize"] = head["ratio_vs_bare_resize"]
         out["ratio_workers"] = 1 if 1 in workers else workers[0]
         out["loadavg_end"] = round(os.getloadavg()[0], 2)
-        print(f"load average (1 min) {out['loadavg_start']} at start, {out['loadavg_end']} at end;"
-              f" this machine has {os.cpu_count()} cores")
+        print(
+            f"load average (1 min) {out['loadavg_start']} at start, {out['loadavg_end']} at end;"
+            f" this machine has {os.cpu_count()} cores"
+        )
         out["rows"] = {f"{m}_w{w}": r for m, w, r in rows}
         print(json.dumps(out))
         return out

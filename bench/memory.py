@@ -60,8 +60,8 @@ def worker(preset: str, stage: int, out: str, overrides: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
-    from unimodal.recipe import load_recipe
     from unimodal.model import UnifiedModel, count_parameters
+    from unimodal.recipe import load_recipe
     from unimodal.tokenize.sequence import Segment, TokenSequence, collate
     from unimodal.train.engine import build_engine, model_config
 
@@ -72,7 +72,9 @@ def worker(preset: str, stage: int, out: str, overrides: list[str]) -> None:
         return load_recipe(REPO / "recipes/smoke/stage1.yaml", sets, check_files=False)
 
     patch_dims = {"image": 192, "audio": 160, "video": 384}
-    seq = TokenSequence([Segment("text", torch.arange(4, 12)), Segment("image", torch.randn(4, 192))], torch.arange(4, 10), 0)
+    seq = TokenSequence(
+        [Segment("text", torch.arange(4, 12)), Segment("image", torch.randn(4, 192))], torch.arange(4, 10), 0
+    )
     batch = collate([seq], patch_dims, bos_id=2)
 
     def one_step(preset: str) -> tuple[int, object]:
@@ -88,7 +90,7 @@ def worker(preset: str, stage: int, out: str, overrides: list[str]) -> None:
     one_step("tiny")  # loads DeepSpeed's ops and libraries: code, not model states
     dist.barrier()
     before = resident_bytes()
-    params, engine = one_step(preset)
+    params, _engine = one_step(preset)
     gained = resident_bytes() - before
     results = [None] * dist.get_world_size()
     dist.all_gather_object(results, gained)
@@ -104,10 +106,25 @@ def measure(preset: str, stage: int, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         # big tensors from mmap, so that a freed one leaves the resident set at once
-        env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536")
+        env = dict(
+            os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536"
+        )
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29600 + stage),
-            __file__, "--worker", "--preset", preset, "--stage", str(stage), "--out", str(out),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29600 + stage),
+            __file__,
+            "--worker",
+            "--preset",
+            preset,
+            "--stage",
+            str(stage),
+            "--out",
+            str(out),
         ]
         cmd += [f"--set={o}" for o in overrides]
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -122,7 +139,13 @@ def main() -> None:
     p.add_argument("--ds-defaults", action="store_true", help="ZeRO-3 with DeepSpeed's default buckets, not LEAN_ZERO3")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="train in bf16 (default)")
     p.add_argument("--stages", default="0,1,2,3")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override, e.g. deepspeed.bf16.enabled=true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="recipe override, e.g. deepspeed.bf16.enabled=true",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--stage", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -142,7 +165,9 @@ def main() -> None:
         summary["params"] = r["params"]
         summary[f"zero{stage}_bytes"] = per_rank
         summary[f"zero{stage}_theory_bytes"] = int(theory)
-    print(f"{args.preset}: {summary['params'] / 1e6:.1f}M parameters, 2 ranks, AdamW, {'bf16' if args.bf16 else 'fp32'}")
+    print(
+        f"{args.preset}: {summary['params'] / 1e6:.1f}M parameters, 2 ranks, AdamW, {'bf16' if args.bf16 else 'fp32'}"
+    )
     print(f"{'ZeRO':>5} {'measured/rank':>14} {'theory/rank':>12} {'measured/theory':>16}")
     for stage, per_rank, theory in rows:
         print(f"{stage:>5} {per_rank / 2**20:>11.0f} MB {theory / 2**20:>9.0f} MB {per_rank / theory:>16.2f}")

@@ -72,8 +72,13 @@ def measure(args, attention: str, compiled: bool) -> dict:
     import deepspeed
 
     cfg = ModelConfig.from_preset(
-        args.preset, VOCAB, PATCH_DIMS, max_positions=2048, activation_checkpointing=args.activation_checkpointing,
-        attention=attention, compile=compiled,
+        args.preset,
+        VOCAB,
+        PATCH_DIMS,
+        max_positions=2048,
+        activation_checkpointing=args.activation_checkpointing,
+        attention=attention,
+        compile=compiled,
     )
     torch.manual_seed(0)
     model = UnifiedModel(cfg)
@@ -111,11 +116,20 @@ def measure(args, attention: str, compiled: bool) -> dict:
     seconds = time.perf_counter() - start
     mfu = flops / seconds / peak if peak else None
     kind = attention_kind(cfg, device)
-    print(f"  attention {attention} ({kind}), compile {'on' if compiled else 'off'}: {tokens / seconds:,.0f} real tokens/s, "
-          f"{flops / seconds / 1e12:.2f} TFLOP/s, MFU {mfu:.3f} ({source})"
-          + (f", {compiled_graphs()} graphs compiled so far" if compiled else ""))
-    return {"attention": attention, "kind": kind, "compile": compiled, "mfu": mfu, "tokens_per_s": tokens / seconds,
-            "tflops_per_s": flops / seconds / 1e12, "peak_source": source}
+    print(
+        f"  attention {attention} ({kind}), compile {'on' if compiled else 'off'}: {tokens / seconds:,.0f} real tokens/s, "
+        f"{flops / seconds / 1e12:.2f} TFLOP/s, MFU {mfu:.3f} ({source})"
+        + (f", {compiled_graphs()} graphs compiled so far" if compiled else "")
+    )
+    return {
+        "attention": attention,
+        "kind": kind,
+        "compile": compiled,
+        "mfu": mfu,
+        "tokens_per_s": tokens / seconds,
+        "tflops_per_s": flops / seconds / 1e12,
+        "peak_source": source,
+    }
 
 
 def main() -> None:
@@ -149,13 +163,31 @@ def main() -> None:
         for compiled in args.compile:
             if device.type == "cpu" and attention == "flex":
                 print("  attention flex: skipped, FlexAttention has no backward on CPU")
-                runs.append({"attention": attention, "compile": compiled == "on", "mfu": None, "skipped": "no flex backward on cpu"})
+                runs.append(
+                    {
+                        "attention": attention,
+                        "compile": compiled == "on",
+                        "mfu": None,
+                        "skipped": "no flex backward on cpu",
+                    }
+                )
                 continue
             runs.append(measure(args, attention, compiled == "on"))
     first = next(r for r in runs if r["mfu"] is not None)
-    print(json.dumps({"bench": "mfu", "device": name, "preset": args.preset, "mfu": first["mfu"],
-                      "tokens_per_s": first["tokens_per_s"], "tflops_per_s": first["tflops_per_s"],
-                      "peak_source": first["peak_source"], "runs": runs}))
+    print(
+        json.dumps(
+            {
+                "bench": "mfu",
+                "device": name,
+                "preset": args.preset,
+                "mfu": first["mfu"],
+                "tokens_per_s": first["tokens_per_s"],
+                "tflops_per_s": first["tflops_per_s"],
+                "peak_source": first["peak_source"],
+                "runs": runs,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

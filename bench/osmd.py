@@ -67,7 +67,13 @@ def run_method(method: str, seed: int, steps: int, runs: Path, common: list[str]
     half, first = steps // 2, runs / f"{method}-{seed}-stage1"
     stage1 = [*run, f"train.steps={half}", f"train.checkpoint_every={half}", f"train.output_dir={first}"]
     unimodal("train", str(OSMD / "two_stage" / "stage1.yaml"), *common, *flags(stage1))
-    stage2 = [*run, f"init_from={first}", f"train.steps={steps - half}", f"train.checkpoint_every={steps - half}", f"train.output_dir={out}"]
+    stage2 = [
+        *run,
+        f"init_from={first}",
+        f"train.steps={steps - half}",
+        f"train.checkpoint_every={steps - half}",
+        f"train.output_dir={out}",
+    ]
     unimodal("train", str(OSMD / "two_stage" / "stage2.yaml"), *common, *flags(stage2))
     return accuracy(OSMD / "two_stage" / "stage2.yaml", out, stage2)
 
@@ -99,9 +105,14 @@ def main() -> None:
 
             def run_seed(seed: int) -> None:
                 for method in methods:
-                    results[method][seed] = run_method(method, seed, args.steps, ws / "runs" / "bench", common, args.set)
-                    print(f"seed {seed}  {method:9}  accuracy {results[method][seed]:.3f}  "
-                          f"({time.perf_counter() - started:.0f} s)", flush=True)
+                    results[method][seed] = run_method(
+                        method, seed, args.steps, ws / "runs" / "bench", common, args.set
+                    )
+                    print(
+                        f"seed {seed}  {method:9}  accuracy {results[method][seed]:.3f}  "
+                        f"({time.perf_counter() - started:.0f} s)",
+                        flush=True,
+                    )
 
             with ThreadPoolExecutor(args.jobs) as pool:
                 list(pool.map(run_seed, seeds))  # re-raises a failed run's error
@@ -113,8 +124,10 @@ def main() -> None:
     for method in methods:
         accs = [results[method][s] for s in seeds]
         mean, std = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"  {method:9}  mean {mean:.3f}  std {std:.3f}  min {min(accs):.3f}  max {max(accs):.3f}  "
-              + "  ".join(f"{a:.3f}" for a in accs))
+        print(
+            f"  {method:9}  mean {mean:.3f}  std {std:.3f}  min {min(accs):.3f}  max {max(accs):.3f}  "
+            + "  ".join(f"{a:.3f}" for a in accs)
+        )
         summary |= {f"{method}_mean": mean, f"{method}_std": std, method: {str(s): a for s, a in zip(seeds, accs)}}
     if {"osmd", "ordinary"} <= set(methods):
         wins = sum(results["osmd"][s] > results["ordinary"][s] for s in seeds)

@@ -17,8 +17,8 @@ import json
 
 from workspace import REPO, demo_workspace
 
-from unimodal.recipe import load_recipe
 from unimodal.data.loader import build_train_loader
+from unimodal.recipe import load_recipe
 from unimodal.tokenize.sequence import IGNORE_INDEX
 
 
@@ -41,14 +41,26 @@ def main() -> None:
     with demo_workspace():
         sets = ["data.workers=0", f"data.batch_tokens={args.batch_tokens}"]
         recipe = REPO / "recipes" / "smoke" / "stage2.yaml"
-        packed, packed_n = efficiency(load_recipe(recipe, sets + [f"data.pack_length={args.pack_length}"]), args.batches)
+        packed, packed_n = efficiency(
+            load_recipe(recipe, sets + [f"data.pack_length={args.pack_length}"]), args.batches
+        )
         naive, naive_n = efficiency(load_recipe(recipe, sets + ["data.pack_length=null"]), args.batches)
     print(f"demo mixture (smoke stage 2), {args.batches} batches of <= {args.batch_tokens} tokens")
     print(f"  packed, rows of {args.pack_length}: efficiency {packed:.3f}, {packed_n:.1f} samples a batch")
     print(f"  naive padding:        efficiency {naive:.3f}, {naive_n:.1f} samples a batch")
-    print(json.dumps({"bench": "packing", "padding_efficiency": round(packed, 4), "naive_padding_efficiency": round(naive, 4),
-                      "pack_length": args.pack_length, "batch_tokens": args.batch_tokens,
-                      "samples_per_batch": round(packed_n, 2), "naive_samples_per_batch": round(naive_n, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "packing",
+                "padding_efficiency": round(packed, 4),
+                "naive_padding_efficiency": round(naive, 4),
+                "pack_length": args.pack_length,
+                "batch_tokens": args.batch_tokens,
+                "samples_per_batch": round(packed_n, 2),
+                "naive_samples_per_batch": round(naive_n, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

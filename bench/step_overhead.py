@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from workspace import REPO, demo_workspace
 
-from unimodal.recipe import load_recipe
 from unimodal.data.loader import build_train_loader
 from unimodal.model import UnifiedModel
+from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
 from unimodal.train.engine import model_config
@@ -56,7 +56,8 @@ def bare_tokens_per_s(recipe, batches: list[dict], warmup: int) -> float:
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.train.lr, betas=(0.9, 0.98),
+        lr=recipe.train.lr,
+        betas=(0.9, 0.98),
     )
     clip = recipe.deepspeed.get("gradient_clipping")
     for i, batch in enumerate(batches):
@@ -70,7 +71,9 @@ def bare_tokens_per_s(recipe, batches: list[dict], warmup: int) -> float:
     return sum(real_tokens(b) for b in batches[warmup:]) / (time.perf_counter() - start)
 
 
-def unimodal_tokens_per_s(recipe_path: Path, sets: list[str], batches: list[dict], workspace: Path, every: int, warmup: int) -> float:
+def unimodal_tokens_per_s(
+    recipe_path: Path, sets: list[str], batches: list[dict], workspace: Path, every: int, warmup: int
+) -> float:
     env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_SILENT="true", OMP_NUM_THREADS=str(torch.get_num_threads()))
     cmd = [sys.executable, "-m", "unimodal.cli", "train", str(recipe_path), "--nproc", "1"]
     cmd += [a for s in sets for a in ("--set", s)]
@@ -96,9 +99,15 @@ def main() -> None:
     p.add_argument("--zero", type=int, default=0, help="ZeRO stage of the unimodal run (1 rank)")
     p.add_argument("--batch-tokens", type=int, default=2048)
     p.add_argument("--workers", type=int, default=0, help="data.workers of the unimodal run (see the docstring)")
-    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                   help="torch threads of both loops (default: one fewer than the cores; see the docstring)")
-    p.add_argument("--repeats", type=int, default=1, help="alternate the two loops this many times, keep each one's best")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="torch threads of both loops (default: one fewer than the cores; see the docstring)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="alternate the two loops this many times, keep each one's best"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)  # the bare loop's; the unimodal run's through OMP_NUM_THREADS
     every = 10
@@ -108,9 +117,14 @@ def main() -> None:
     with demo_workspace() as ws:
         recipe_path = REPO / "recipes" / "smoke" / "stage2.yaml"
         sets = [
-            "init_from=null", f"model.preset={args.preset}", f"train.steps={args.steps}",
-            f"train.checkpoint_every={10 * args.steps}", f"logging.every={every}", "logging.wandb.mode=offline",
-            f"data.workers={args.workers}", f"data.batch_tokens={args.batch_tokens}",
+            "init_from=null",
+            f"model.preset={args.preset}",
+            f"train.steps={args.steps}",
+            f"train.checkpoint_every={10 * args.steps}",
+            f"logging.every={every}",
+            "logging.wandb.mode=offline",
+            f"data.workers={args.workers}",
+            f"data.batch_tokens={args.batch_tokens}",
             f"deepspeed.zero_optimization.stage={args.zero}",
         ]
         recipe = load_recipe(recipe_path, [*sets, f"train.output_dir={ws / 'run'}"])
@@ -126,12 +140,25 @@ def main() -> None:
 
     ratio = ours / bare
     print(f"{args.preset}, 1 rank, {torch.get_num_threads()} threads, steps {args.warmup + 1}-{args.steps} timed")
-    print(f"  unimodal (DeepSpeed ZeRO-{args.zero}, sampler, {args.workers} loader workers, logging): {ours:10.0f} tokens/s")
+    print(
+        f"  unimodal (DeepSpeed ZeRO-{args.zero}, sampler, {args.workers} loader workers, logging): {ours:10.0f} tokens/s"
+    )
     print(f"  bare PyTorch loop (AdamW, prebuilt batches):      {bare:10.0f} tokens/s")
     print(f"  ratio: {ratio:.3f} (best of {args.repeats}; load average {os.getloadavg()[0]:.2f} at the end)")
-    print(json.dumps({"bench": "step_overhead", "preset": args.preset, "zero_stage": args.zero, "workers": args.workers,
-                      "unimodal_tokens_per_s": round(ours, 1), "bare_tokens_per_s": round(bare, 1), "ratio": round(ratio, 4),
-                      "runs": {k: [round(v, 1) for v in vs] for k, vs in runs.items()}}))
+    print(
+        json.dumps(
+            {
+                "bench": "step_overhead",
+                "preset": args.preset,
+                "zero_stage": args.zero,
+                "workers": args.workers,
+                "unimodal_tokens_per_s": round(ours, 1),
+                "bare_tokens_per_s": round(bare, 1),
+                "ratio": round(ratio, 4),
+                "runs": {k: [round(v, 1) for v in vs] for k, vs in runs.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,17 @@ def workspace(tmp_path_factory) -> Path:
 def tiny_run(workspace) -> Path:
     """A finished 2-rank ZeRO-2 run of the smoke stage 1: 4 steps, a record each, TensorBoard on, checkpoints at steps 2 and 4."""
     out = workspace / "runs" / "tiny"
-    sets = ["train.steps=4", "train.checkpoint_every=2", "logging.every=1", "logging.tensorboard=true", "data.workers=0",
-            f"train.output_dir={out}"]
-    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    sets = [
+        "train.steps=4",
+        "train.checkpoint_every=2",
+        "logging.every=1",
+        "logging.tensorboard=true",
+        "data.workers=0",
+        f"train.output_dir={out}",
+    ]
+    result = unimodal(
+        "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -73,7 +81,12 @@ def unimodal_env() -> dict[str, str]:
 def unimodal(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the `unimodal` command as a user would, capturing its output."""
     return subprocess.run(
-        [sys.executable, "-m", "unimodal.cli", *args], cwd=cwd, env=unimodal_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "unimodal.cli", *args],
+        cwd=cwd,
+        env=unimodal_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

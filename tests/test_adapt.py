@@ -13,18 +13,18 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, unimodal
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO, unimodal
 from unimodal.config import MODULES, Recipe, RecipeError, expand_shards
-from unimodal.recipe import load_recipe
 from unimodal.data.decode import decode_example
+from unimodal.data.stream import eval_samples
 from unimodal.demo.mixture import digit_scans
 from unimodal.demo.shifted import write_shifted
-from unimodal.data.stream import eval_samples
 from unimodal.model import UnifiedModel
 from unimodal.model.pretrained import save_weights
+from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import collate_rows
@@ -46,7 +46,9 @@ def shifted(workspace):
 
 
 def adapt_recipe(root, *sets: str) -> Recipe:
-    return load_recipe(ADAPT / "adapt.yaml", [f"tokenizer.text={root}/runs/demo/tokenizer/sp.model", *sets], check_files=False)
+    return load_recipe(
+        ADAPT / "adapt.yaml", [f"tokenizer.text={root}/runs/demo/tokenizer/sp.model", *sets], check_files=False
+    )
 
 
 def adapted_model(recipe: Recipe) -> tuple[UnifiedModel, MultimodalTokenizer]:
@@ -70,7 +72,9 @@ def test_shifted_scans_are_the_demos_split_inverted_and_written_the_same_each_ti
     scans = digit_scans(0)
     for split, n in counts[0].items():
         samples = list(eval_samples(sorted(str(t) for t in (tmp_path / "a" / split).glob("*.tar"))))
-        assert [json.loads(s["json"])["label"] for s in samples] == scans[split][1][:n].tolist()  # the demo's scans, in order
+        assert [json.loads(s["json"])["label"] for s in samples] == scans[split][1][
+            :n
+        ].tolist()  # the demo's scans, in order
         light = [np.asarray(Image.open(io.BytesIO(s["png"]))).mean() for s in samples]
         assert min(light) > 128, split  # inverted: a light ground (the demo's is black)
 
@@ -79,7 +83,7 @@ def test_trainable_names_modules_and_the_adapter_must_exist(workspace):
     with pytest.raises(RecipeError, match=r"train\.trainable\.1") as err:
         adapt_recipe(workspace, "train.trainable=[adapter, encodr]")
     assert "encoder" in str(err.value)  # the known names are listed
-    with pytest.raises(RecipeError, match="train.trainable: names adapter, but model.adapter is not set"):
+    with pytest.raises(RecipeError, match=r"train.trainable: names adapter, but model.adapter is not set"):
         adapt_recipe(workspace, "model.adapter=null")
     with pytest.raises(RecipeError, match=r"model\.adapter\.dim"):
         adapt_recipe(workspace, "model.adapter={dim: 0}")
@@ -87,7 +91,9 @@ def test_trainable_names_modules_and_the_adapter_must_exist(workspace):
 
 def test_modules_list_every_part_of_the_model(workspace):
     model, _ = adapted_model(adapt_recipe(workspace))
-    parts = {n for n, m in model.named_children() if list(m.parameters())} | {n for n, _ in model.named_parameters(recurse=False)}
+    parts = {n for n, m in model.named_children() if list(m.parameters())} | {
+        n for n, _ in model.named_parameters(recurse=False)
+    }
     assert parts - {"lm_head"} == set(MODULES)
 
 
@@ -97,7 +103,9 @@ def test_adapter_is_at_most_5_percent_and_alone_trains(workspace):
     trained = freeze_all_but(model, ["adapter"])
     assert trained == sum(p.numel() for p in model.adapter.parameters()) > 0
     assert trained / total <= 0.05, f"{trained} of {total}"
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == [n for n, _ in model.named_parameters() if n.startswith("adapter.")]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        n for n, _ in model.named_parameters() if n.startswith("adapter.")
+    ]
     assert freeze_all_but(model, None) == total  # absent: everything trains
 
 
@@ -132,7 +140,14 @@ def test_engine_gives_the_optimiser_the_adapter_alone(shifted, monkeypatch):
 
     from unimodal.train.engine import build_engine
 
-    env = dict(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    env = dict(
+        DS_ACCELERATOR="cpu",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+    )
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     deepspeed.init_distributed(dist_backend="gloo")
@@ -142,7 +157,9 @@ def test_engine_gives_the_optimiser_the_adapter_alone(shifted, monkeypatch):
             model, _ = adapted_model(recipe)
             freeze_all_but(model, recipe.train.trainable)
             optimizer = build_engine(recipe, model).optimizer
-            groups = optimizer.bit16_groups if stage else [g["params"] for g in optimizer.param_groups]  # ZeRO's, or AdamW's
+            groups = (
+                optimizer.bit16_groups if stage else [g["params"] for g in optimizer.param_groups]
+            )  # ZeRO's, or AdamW's
             assert {id(p) for g in groups for p in g} == {id(p) for p in model.adapter.parameters()}, stage
     finally:
         dist.destroy_process_group()
@@ -155,9 +172,19 @@ def sha(path) -> dict[str, str]:
 def test_adapt_recipe_trains_only_the_adapter_of_a_pretrained_run(shifted, tmp_path):
     pre, out = tmp_path / "pretrain", tmp_path / "heads"
     model, _ = adapted_model(adapt_recipe(shifted, "model.adapter=null", "train.trainable=null"))
-    save_weights(pre, {k: v.clone() for k, v in model.state_dict().items()}, model.cfg)  # as a finished pretraining run leaves it
-    sets = ["logging.wandb.mode=disabled", "data.workers=0", "train.steps=3", f"train.output_dir={out}", f"init_from={pre}"]
-    run = unimodal("train", str(ADAPT / "adapt.yaml"), "--nproc", "1", *[a for s in sets for a in ("--set", s)], cwd=shifted)
+    save_weights(
+        pre, {k: v.clone() for k, v in model.state_dict().items()}, model.cfg
+    )  # as a finished pretraining run leaves it
+    sets = [
+        "logging.wandb.mode=disabled",
+        "data.workers=0",
+        "train.steps=3",
+        f"train.output_dir={out}",
+        f"init_from={pre}",
+    ]
+    run = unimodal(
+        "train", str(ADAPT / "adapt.yaml"), "--nproc", "1", *[a for s in sets for a in ("--set", s)], cwd=shifted
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     done = json.loads((out / "done.json").read_text())
     fraction = done["trainable_parameters"] / done["parameters"]

@@ -18,9 +18,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import SMOKE, unimodal
 from test_objectives import CONTRASTIVE, MLM, batch_of, build_recipe, sequences
+
 from unimodal.config import OBJECTIVES
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.transformer import attention_mask, block_mask, tile_occupancy
@@ -119,11 +119,22 @@ def test_block_mask_skips_the_tiles_no_sample_pair_shares(recipe, tokenizer):
 def test_compiled_two_rank_zero2_run_with_checkpointing_has_the_uncompiled_losses(workspace, tiny_run):
     """model.compile with activation checkpointing, ZeRO-2 on 2 ranks: tests/conftest.py's `tiny_run`, step for step."""
     out = workspace / "runs" / "tiny-compiled"
-    sets = ["train.steps=4", "train.checkpoint_every=2", "logging.every=1", "data.workers=0", f"train.output_dir={out}",
-            "model.compile=true", "model.overrides={activation_checkpointing: true}"]
-    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    sets = [
+        "train.steps=4",
+        "train.checkpoint_every=2",
+        "logging.every=1",
+        "data.workers=0",
+        f"train.output_dir={out}",
+        "model.compile=true",
+        "model.overrides={activation_checkpointing: true}",
+    ]
+    result = unimodal(
+        "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    eager, compiled = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (tiny_run, out))
+    eager, compiled = (
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (tiny_run, out)
+    )
     assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [1, 2, 3, 4]
     losses = [k for k in eager[0] if k.startswith("loss")]
     assert "loss" in losses and len(losses) > 1  # the total and each task's

@@ -12,7 +12,10 @@ from conftest import REPO
 def test_loader_bench_quick_ends_with_json():
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "loader.py"), "--quick"],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

@@ -19,11 +19,11 @@ import time
 
 import pytest
 import torch
+from conftest import SMOKE, PlantsAFile
 from safetensors.torch import load_file
 
-from conftest import SMOKE, PlantsAFile
-from unimodal.recipe import load_recipe
 from unimodal.model import UnifiedModel
+from unimodal.recipe import load_recipe
 from unimodal.train.checkpoint import LATEST, load_latest, remove_partial, saved_steps, tag
 from unimodal.train.guard import NonFiniteLoss
 from unimodal.train.launch import free_port, run_ranks
@@ -37,7 +37,9 @@ def train_child(workspace, out, nan_at: set[int], overrides: list[str], port: in
     from unimodal.train.loop import train
 
     os.chdir(workspace)
-    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    os.environ.update(
+        DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+    )
     torch.set_num_threads(1)
     forward, calls = UnifiedModel.forward, [0]
 
@@ -47,7 +49,10 @@ def train_child(workspace, out, nan_at: set[int], overrides: list[str], port: in
         return result | {"loss": result["loss"] * float("nan")} if calls[0] in nan_at else result
 
     UnifiedModel.forward = nan_at_some
-    recipe = load_recipe(SMOKE / "stage1.yaml", ["data.workers=0", "logging.every=1", "logging.wandb.mode=disabled", f"train.output_dir={out}", *overrides])
+    recipe = load_recipe(
+        SMOKE / "stage1.yaml",
+        ["data.workers=0", "logging.every=1", "logging.wandb.mode=disabled", f"train.output_dir={out}", *overrides],
+    )
     try:
         outcome = {"done": train(recipe, resume=False), "forwards": calls[0]}
     except NonFiniteLoss as err:
@@ -57,7 +62,9 @@ def train_child(workspace, out, nan_at: set[int], overrides: list[str], port: in
 
 
 def train_with_nan_at(workspace, out, nan_at: set[int], *overrides: str) -> dict:
-    child = multiprocessing.get_context("spawn").Process(target=train_child, args=(workspace, out, nan_at, list(overrides), free_port()))
+    child = multiprocessing.get_context("spawn").Process(
+        target=train_child, args=(workspace, out, nan_at, list(overrides), free_port())
+    )
     child.start()
     child.join(timeout=300)
     assert child.exitcode == 0
@@ -96,7 +103,9 @@ def test_keeps_the_newest_checkpoints_and_removes_a_partial_one(nan_run):
 
 
 def test_too_many_nan_losses_stop_the_run_naming_the_step_and_the_field(workspace, tmp_path):
-    outcome = train_with_nan_at(workspace, tmp_path / "diverged", set(range(3, 100)), "train.steps=6", "train.max_nonfinite_steps=1")
+    outcome = train_with_nan_at(
+        workspace, tmp_path / "diverged", set(range(3, 100)), "train.steps=6", "train.max_nonfinite_steps=1"
+    )
     assert re.search(r"step 3: .* 2 batches, over train.max_nonfinite_steps=1", outcome["error"]), outcome
 
 

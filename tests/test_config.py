@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import SMOKE, unimodal
+
 from unimodal.config import RecipeError
 from unimodal.recipe import apply_overrides, load_recipe
 
@@ -39,8 +39,16 @@ def test_overrides_set_nested_fields_and_list_items(in_workspace):
     [
         (lambda r: r["train"].update(stepz=3), "train.stepz", "Extra inputs"),
         (lambda r: r["train"].update(steps="many"), "train.steps", "integer"),
-        (lambda r: r["data"]["datasets"][2]["inputs"].update(audio="png"), "data.datasets.2.inputs", "no audio decoder"),
-        (lambda r: r["data"]["datasets"][0].update(inputs={"smell": "png"}), "data.datasets.0.inputs", "unknown modality"),
+        (
+            lambda r: r["data"]["datasets"][2]["inputs"].update(audio="png"),
+            "data.datasets.2.inputs",
+            "no audio decoder",
+        ),
+        (
+            lambda r: r["data"]["datasets"][0].update(inputs={"smell": "png"}),
+            "data.datasets.0.inputs",
+            "unknown modality",
+        ),
         (lambda r: r["data"]["datasets"][0].update(target="json"), "data.datasets.0.target", "needs a path"),
         (lambda r: r["data"]["datasets"][0].update(weight=-1), "data.datasets.0.weight", "greater than 0"),
     ],
@@ -54,15 +62,31 @@ def test_invalid_fields_are_named(in_workspace, tmp_path, edit, field, words):
 
 
 def test_missing_shard_is_named(in_workspace, tmp_path):
-    path = write_variant(tmp_path, lambda r: r["data"]["datasets"][2].update(shards="data/demo/train/audio-{000000..000009}.tar"))
-    with pytest.raises(RecipeError, match=r"data\.datasets\.2\.shards \(spoken-digits\): shard not found: data/demo/train/audio-000002\.tar"):
+    path = write_variant(
+        tmp_path, lambda r: r["data"]["datasets"][2].update(shards="data/demo/train/audio-{000000..000009}.tar")
+    )
+    with pytest.raises(
+        RecipeError,
+        match=r"data\.datasets\.2\.shards \(spoken-digits\): shard not found: data/demo/train/audio-000002\.tar",
+    ):
         load_recipe(path)
 
 
 def test_cli_rejects_a_bad_recipe_before_launching(in_workspace, tmp_path):
     path = write_variant(tmp_path, lambda r: r["data"]["datasets"][1].update(inputs={"text": "mp4"}))
-    result = unimodal("train", str(path), "--nproc", "2", "--set", f"train.output_dir={tmp_path / 'out'}", cwd=in_workspace, timeout=120)
+    result = unimodal(
+        "train",
+        str(path),
+        "--nproc",
+        "2",
+        "--set",
+        f"train.output_dir={tmp_path / 'out'}",
+        cwd=in_workspace,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert str(path) in result.stderr and "data.datasets.1.inputs" in result.stderr and "no text decoder" in result.stderr
+    assert (
+        str(path) in result.stderr and "data.datasets.1.inputs" in result.stderr and "no text decoder" in result.stderr
+    )
     assert "deepspeed" not in result.stdout + result.stderr.lower().replace(str(path).lower(), "")
     assert not (tmp_path / "out").exists()

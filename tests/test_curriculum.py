@@ -15,8 +15,8 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from conftest import SMOKE, unimodal
+
 from unimodal.config import RecipeError
 from unimodal.recipe import load_recipe
 from unimodal.train.curriculum import load_curriculum
@@ -45,9 +45,17 @@ def write_curriculum(path, *stages) -> None:
 
 
 def stage2_fields(**extra) -> dict:
-    return {"name": "test-stage2", "init_from": "previous", "carry": "optimizer", "train.steps": S2,
-            "train.lr": LR2, "train.warmup_steps": WARMUP2, "train.weight_decay": DECAY2,
-            "deepspeed.gradient_clipping": CLIP2, **extra}
+    return {
+        "name": "test-stage2",
+        "init_from": "previous",
+        "carry": "optimizer",
+        "train.steps": S2,
+        "train.lr": LR2,
+        "train.warmup_steps": WARMUP2,
+        "train.weight_decay": DECAY2,
+        "deepspeed.gradient_clipping": CLIP2,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +141,9 @@ def test_carry_optimizer_refuses_another_world_size_before_launch(run_a, root, w
 
 def test_carry_mismatch_fails_before_the_first_stage_runs(in_workspace, tmp_path):
     write_stage(tmp_path / "stage1.yaml", tmp_path / "out1", **{"train.steps": S1})
-    write_stage(tmp_path / "stage2.yaml", tmp_path / "out2", **stage2_fields(**{"deepspeed.zero_optimization": {"stage": 1}}))
+    write_stage(
+        tmp_path / "stage2.yaml", tmp_path / "out2", **stage2_fields(**{"deepspeed.zero_optimization": {"stage": 1}})
+    )
     write_curriculum(tmp_path / "cur.yaml", tmp_path / "stage1.yaml", tmp_path / "stage2.yaml")
     with pytest.raises(RecipeError, match=r"stage2\.yaml: carry: optimizer .*zero stage 2 there, 1 here"):
         load_curriculum(tmp_path / "cur.yaml", nproc=2)

@@ -12,13 +12,13 @@ import soundfile
 import torch
 import webdataset as wds
 import yaml
+from conftest import SMOKE
 from PIL import Image
 
-from conftest import SMOKE
-from unimodal.recipe import load_recipe
 from unimodal.data.decode import decode_example
 from unimodal.data.loader import build_train_loader
 from unimodal.data.stream import eval_samples
+from unimodal.recipe import load_recipe
 
 
 class Boom:
@@ -55,20 +55,27 @@ def test_shardwriter_shards_load_unchanged(in_workspace, tmp_path, monkeypatch):
     soundfile.write(wav, wave, 16000, format="WAV", subtype="FLOAT")
     sentinel = tmp_path / "pwned"
     with wds.ShardWriter(str(tmp_path / "own-%06d.tar"), maxcount=10) as sink:
-        sink.write({
-            "__key__": "sample0",
-            "png": png.getvalue(),
-            "wav": wav.getvalue(),
-            "mp4": mp4_bytes(frames),
-            "txt": "a square moves right",
-            "json": json.dumps({"answer": {"text": "right"}}).encode(),
-            "pyd": pickle.dumps(Boom(str(sentinel))),
-        })
+        sink.write(
+            {
+                "__key__": "sample0",
+                "png": png.getvalue(),
+                "wav": wav.getvalue(),
+                "mp4": mp4_bytes(frames),
+                "txt": "a square moves right",
+                "json": json.dumps({"answer": {"text": "right"}}).encode(),
+                "pyd": pickle.dumps(Boom(str(sentinel))),
+            }
+        )
     raw = yaml.safe_load((SMOKE / "stage2.yaml").read_text())
-    raw["data"]["datasets"] = [{
-        "name": "own", "task": "describe", "shards": str(tmp_path / "own-000000.tar"),
-        "inputs": {"image": "png", "audio": "wav", "video": "mp4", "text": "txt"}, "target": "json.answer.text",
-    }]
+    raw["data"]["datasets"] = [
+        {
+            "name": "own",
+            "task": "describe",
+            "shards": str(tmp_path / "own-000000.tar"),
+            "inputs": {"image": "png", "audio": "wav", "video": "mp4", "text": "txt"},
+            "target": "json.answer.text",
+        }
+    ]
     raw.pop("init_from")
     path = tmp_path / "own.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -69,9 +69,15 @@ def test_jpeg_decodes_as_pillow_does_at_full_and_reduced_scale(mode):
         assert np.abs(got - ref).max() <= tolerance
 
 
-@pytest.mark.parametrize("ext, fmt, subtype", [
-    ("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III"),
-])
+@pytest.mark.parametrize(
+    "ext, fmt, subtype",
+    [
+        ("wav", "WAV", "PCM_16"),
+        ("flac", "FLAC", "PCM_16"),
+        ("ogg", "OGG", "VORBIS"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ],
+)
 @pytest.mark.parametrize("source_rate", [8000, 22050, 44100])
 def test_audio_is_mono_at_the_recipe_rate(ext, fmt, subtype, source_rate):
     n = source_rate // 2

@@ -9,8 +9,15 @@ from conftest import SMOKE, unimodal
 
 def test_demo_runs_the_two_stage_curriculum_and_writes_a_summary(workspace):
     result = unimodal(
-        "demo", "--curriculum", str(SMOKE / "curriculum.yaml"),
-        "--set", "train.steps=6", "--set", "logging.every=3", "--set", "train.checkpoint_every=3",
+        "demo",
+        "--curriculum",
+        str(SMOKE / "curriculum.yaml"),
+        "--set",
+        "train.steps=6",
+        "--set",
+        "logging.every=3",
+        "--set",
+        "train.checkpoint_every=3",
         cwd=workspace,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -18,7 +25,10 @@ def test_demo_runs_the_two_stage_curriculum_and_writes_a_summary(workspace):
     assert summary["world_size"] == 2 and summary["zero_stage"] == 2
     assert [s["stage"] for s in summary["stages"]] == ["smoke-stage1", "smoke-stage2"]
     assert {n: d["modality"] for n, d in summary["datasets"].items()} == {
-        "digit-captions": "image", "number-words": "text", "spoken-digits": "audio", "moving-digits": "video",
+        "digit-captions": "image",
+        "number-words": "text",
+        "spoken-digits": "audio",
+        "moving-digits": "video",
     }
     assert all(0.0 <= d["metrics"]["exact_match"] <= 1.0 for d in summary["datasets"].values())
     for line in ("dataset", "digit-captions", "moving-digits"):
@@ -26,10 +36,10 @@ def test_demo_runs_the_two_stage_curriculum_and_writes_a_summary(workspace):
     for stage in ("stage1", "stage2"):
         out = workspace / "runs" / "demo" / stage
         assert list((out / "wandb").glob("offline-run-*"))
-        assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [3, 6]
+        assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [3, 6]
     # stage 2 started from stage 1's weights
     used = (workspace / "runs" / "demo" / "stage2" / "recipe.yaml").read_text()
-    assert f"init_from: runs/demo/stage1" in used
+    assert "init_from: runs/demo/stage1" in used
 
     again = unimodal("curriculum", str(SMOKE / "curriculum.yaml"), "--set", "train.steps=6", cwd=workspace)
     assert again.returncode == 0 and again.stdout.count("already done, skipped") == 2

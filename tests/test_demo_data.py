@@ -21,8 +21,8 @@ import soundfile
 import webdataset as wds
 from PIL import Image
 
-from unimodal.demo.mixture import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, use_speech, write_demo
 from unimodal.data.index import shard_samples
+from unimodal.demo.mixture import FRAMES, SAMPLE_RATE, WORDS, audio_samples, digit_scans, use_speech, write_demo
 
 SCALE = 0.02
 FIELDS = {
@@ -167,7 +167,9 @@ def test_espeak_path(tmp_path, monkeypatch):
         assert abs(int(np.argmax(np.abs(np.fft.rfft(wave)))) - 440) <= 2
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed: speech tested on a fake one only")
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed: speech tested on a fake one only"
+)
 def test_real_espeak_speech():
     """Where espeak-ng is installed the default uses it: half the clips are voiced speech, with
     power below 600 Hz (a keypad's lowest tone is 697 Hz), 1 s at 16 kHz."""

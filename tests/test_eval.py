@@ -9,33 +9,48 @@ import pytest
 import torch
 import wandb
 import yaml
-
 from conftest import SMOKE, unimodal
+
 from unimodal.config import Recipe, RecipeError, expand_shards
-from unimodal.recipe import read_yaml
 from unimodal.data.stream import eval_samples
 from unimodal.eval.harness import evaluate, load_model
 from unimodal.eval.report import format_table, log_to_run
 from unimodal.model import ModelConfig, UnifiedModel
-from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.model.pretrained import save_weights
+from unimodal.recipe import read_yaml
+from unimodal.tokenize.multimodal import MultimodalTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def datasets(root) -> list[dict]:
     """One dataset per objective with a metric (mim has none and is left out of the results)."""
+
     def demo(kind: str) -> dict:
         base = f"{root}/data/demo"
         return dict(shards=f"{base}/train/{kind}-000000.tar", eval_shards=f"{base}/test/{kind}-000000.tar")
 
     pair = {"audio": "wav", "text": "txt"}
     return [
-        dict(name="caption", task="caption", **demo("image"), inputs={"image": "png"}, target="txt", metrics=["exact_match", "wer", "bleu"]),
+        dict(
+            name="caption",
+            task="caption",
+            **demo("image"),
+            inputs={"image": "png"},
+            target="txt",
+            metrics=["exact_match", "wer", "bleu"],
+        ),
         dict(name="spoken", task="asr", **demo("audio"), inputs=pair, target="txt"),  # the answer is also an input
         dict(name="mlm", task="mlm", **demo("text"), inputs={"text": "txt"}, objective="mlm"),
         dict(name="mim", task="mim", **demo("image"), inputs={"image": "png"}, objective="mim"),
-        dict(name="pairs", task="contrast", **demo("audio"), inputs=pair, objective="contrastive", metrics=["recall@1", "recall@5"]),
+        dict(
+            name="pairs",
+            task="contrast",
+            **demo("audio"),
+            inputs=pair,
+            objective="contrastive",
+            metrics=["recall@1", "recall@5"],
+        ),
         dict(name="match", task="match", **demo("audio"), inputs=pair, objective="itm"),
     ]
 
@@ -69,8 +84,11 @@ def with_datasets(recipe: Recipe, names: list[str], **changes) -> Recipe:
 def test_each_dataset_reports_the_metrics_its_recipe_names(recipe, model):
     results = evaluate(recipe, model, batch_size=16)
     assert {n: list(r["metrics"]) for n, r in results.items()} == {
-        "caption": ["exact_match", "wer", "bleu"], "spoken": ["exact_match"], "mlm": ["accuracy"],
-        "pairs": ["recall@1", "recall@5"], "match": ["accuracy"],
+        "caption": ["exact_match", "wer", "bleu"],
+        "spoken": ["exact_match"],
+        "mlm": ["accuracy"],
+        "pairs": ["recall@1", "recall@5"],
+        "match": ["accuracy"],
     }  # mim has no held-out metric
     for ds in recipe.data.datasets:
         if ds.name in results:  # every held-out sample, once
@@ -95,7 +113,10 @@ def test_dropped_modality_is_never_decoded(recipe, model):
 def test_drop_names_the_dataset_it_cannot_serve(recipe, model):
     cases = [
         (["image"], "--drop image: dataset caption has no input left (its inputs: image)"),
-        (["audio"], "--drop audio: dataset pairs cannot be evaluated without audio: inputs: objective contrastive pairs exactly two inputs, got 1"),
+        (
+            ["audio"],
+            "--drop audio: dataset pairs cannot be evaluated without audio: inputs: objective contrastive pairs exactly two inputs, got 1",
+        ),
         (["video"], "--drop video: no dataset of recipe smoke-stage1 has such an input"),
     ]
     for drop, words in cases:
@@ -112,14 +133,31 @@ def test_eval_command_writes_a_table_json_and_a_record_on_the_run(recipe, model,
     raw["data"]["datasets"] = [d for d in raw["data"]["datasets"] if d["name"] in ("caption", "spoken")]
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
 
-    out = unimodal("eval", str(tmp_path / "recipe.yaml"), "--checkpoint", str(run), "--drop", "audio",
-                   "--json", str(tmp_path / "eval.json"), cwd=workspace)
+    out = unimodal(
+        "eval",
+        str(tmp_path / "recipe.yaml"),
+        "--checkpoint",
+        str(run),
+        "--drop",
+        "audio",
+        "--json",
+        str(tmp_path / "eval.json"),
+        cwd=workspace,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["spoken"]["dropped"] == ["audio"] and results["caption"]["dropped"] == []
     table = out.stdout.splitlines()
     assert table[0].split() == ["dataset", "modality", "task", "metric", "value", "samples", "dropped"]
-    assert table[2].split() == ["caption", "image", "caption", "exact_match", f"{results['caption']['metrics']['exact_match']:.3f}", str(results["caption"]["samples"]), "-"]
+    assert table[2].split() == [
+        "caption",
+        "image",
+        "caption",
+        "exact_match",
+        f"{results['caption']['metrics']['exact_match']:.3f}",
+        str(results["caption"]["samples"]),
+        "-",
+    ]
     assert table[5].split()[:4] + table[5].split()[-1:] == ["spoken", "audio", "asr", "exact_match", "audio"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1] == {"step": 7} | {
@@ -145,10 +183,24 @@ def test_eval_record_goes_into_the_training_runs_wandb_run(recipe, model, tmp_pa
 
 def test_table_has_a_row_per_metric():
     results = {
-        "pairs": {"modality": "audio", "task": "contrast", "objective": "contrastive", "dropped": [],
-                  "metrics": {"recall@1": 0.25, "recall@5": 0.75}, "samples": 4, "skipped": 0},
-        "mt": {"modality": "text", "task": "translate", "objective": "seq2seq", "dropped": [],
-               "metrics": {"bleu": 31.4159}, "samples": 2, "skipped": 0},
+        "pairs": {
+            "modality": "audio",
+            "task": "contrast",
+            "objective": "contrastive",
+            "dropped": [],
+            "metrics": {"recall@1": 0.25, "recall@5": 0.75},
+            "samples": 4,
+            "skipped": 0,
+        },
+        "mt": {
+            "modality": "text",
+            "task": "translate",
+            "objective": "seq2seq",
+            "dropped": [],
+            "metrics": {"bleu": 31.4159},
+            "samples": 2,
+            "skipped": 0,
+        },
     }
     assert format_table(results).splitlines() == [
         "dataset  modality  task       metric    value  samples",

@@ -19,16 +19,17 @@ from itertools import islice
 import pytest
 import torch
 import yaml
+from conftest import SMOKE, PlantsAFile
+from conftest import unimodal as run_unimodal
 
 import unimodal
-from conftest import SMOKE, PlantsAFile, unimodal as run_unimodal
 from unimodal.cli import main
 from unimodal.config import expand_shards
-from unimodal.recipe import load_recipe
 from unimodal.data.decode import decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.model import UnifiedModel
 from unimodal.model.pretrained import load_weights
+from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID
@@ -42,8 +43,16 @@ def run(request, tiny_run, workspace):
     if request.param == 2:
         return tiny_run
     out = workspace / "runs" / "export-zero3"
-    sets = ["train.steps=2", "train.checkpoint_every=2", "data.workers=0", f"train.output_dir={out}", "deepspeed.zero_optimization.stage=3"]
-    result = run_unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    sets = [
+        "train.steps=2",
+        "train.checkpoint_every=2",
+        "data.workers=0",
+        f"train.output_dir={out}",
+        "deepspeed.zero_optimization.stage=3",
+    ]
+    result = run_unimodal(
+        "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -140,7 +149,9 @@ def test_export_names_what_is_missing(tiny_run, in_workspace, tmp_path, capsys):
     recipe = yaml.safe_load((bare / "recipe.yaml").read_text())
     recipe["model"]["overrides"] = {"enc_layers": 1}
     (bare / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    with pytest.raises(ExportError, match=r"(?s)step00000004 does not hold the model of .*recipe.yaml: .*Unexpected key\(s\)"):
+    with pytest.raises(
+        ExportError, match=r"(?s)step00000004 does not hold the model of .*recipe.yaml: .*Unexpected key\(s\)"
+    ):
         export(bare, tmp_path / "out")
     for part in (bare / "checkpoints" / "step00000004").glob("*_optim_states.pt"):
         part.unlink()

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import SMOKE, unimodal_env
-from test_resume import deterministic, descendants, logged_steps
+from test_resume import descendants, deterministic, logged_steps
+
 from unimodal.config import RecipeError
 from unimodal.recipe import load_recipe
 from unimodal.train import checkpoint
@@ -45,7 +45,17 @@ def env() -> dict[str, str]:
 
 
 def train(out: Path, cwd: Path, *flags: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "unimodal.cli", "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *set_args(out, *sets), *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unimodal.cli",
+        "train",
+        str(SMOKE / "stage1.yaml"),
+        "--nproc",
+        "2",
+        *set_args(out, *sets),
+        *flags,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
 
 
@@ -68,7 +78,10 @@ def test_a_lock_is_refused_to_another_live_run_and_taken_over_when_stale(tmp_pat
     try:
         acquire(out, 900, holder.pid)
         acquire(out, 900, holder.pid)  # the same job again: a rank 0 under its launcher, a torchrun restart
-        with pytest.raises(OutputDirLocked, match=rf"{out} is being written by another run \(pid {holder.pid} on {socket.gethostname()}"):
+        with pytest.raises(
+            OutputDirLocked,
+            match=rf"{out} is being written by another run \(pid {holder.pid} on {socket.gethostname()}",
+        ):
             acquire(out, 900, os.getpid())
     finally:
         holder.kill()
@@ -105,12 +118,18 @@ def test_a_recipe_that_differs_in_what_a_resume_depends_on_is_refused_naming_the
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / LATEST).write_text(tag(2))
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe_at(out).model_dump(mode="json")))
-    assert should_resume(recipe_at(out, "train.steps=600", "logging.every=5", "train.checkpoint_every=7", "train.lr=1e-4"), "r.yaml")
+    assert should_resume(
+        recipe_at(out, "train.steps=600", "logging.every=5", "train.checkpoint_every=7", "train.lr=1e-4"), "r.yaml"
+    )
     changed = recipe_at(out, "seed=3", "model.overrides.dropout=0.2", "data.datasets.1.weight=2.0")
     assert recipe_differences(changed, yaml.safe_load((out / "recipe.yaml").read_text())) == [
-        "seed (0 there, 3 here)", "model.overrides.dropout (None there, 0.2 here)", "data.datasets.1.weight (1.0 there, 2.0 here)",
+        "seed (0 there, 3 here)",
+        "model.overrides.dropout (None there, 0.2 here)",
+        "data.datasets.1.weight (1.0 there, 2.0 here)",
     ]
-    with pytest.raises(RecipeError, match=r"r.yaml: .* differs in what a resume depends on: seed \(0 there, 3 here\); model"):
+    with pytest.raises(
+        RecipeError, match=r"r.yaml: .* differs in what a resume depends on: seed \(0 there, 3 here\); model"
+    ):
         should_resume(changed, "r.yaml")
 
 
@@ -129,7 +148,9 @@ def test_archive_renames_an_earlier_run_and_leaves_a_directory_without_one(tmp_p
 
 
 def run_files(out: Path) -> dict[Path, bytes]:
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "wandb" not in p.parts}
+    return {
+        p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "wandb" not in p.parts
+    }
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +198,9 @@ class Engine:
         folder.mkdir(parents=True)
         (folder / "mp_rank_00_model_states.pt").write_bytes(b"half")
         if self.fail:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+            raise OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+            )
         torch.save(client_state, folder / "mp_rank_00_model_states.pt")
 
     def load_checkpoint(self, load_dir, tag):
@@ -191,7 +214,9 @@ def test_a_failed_save_leaves_latest_and_a_damaged_latest_falls_back(tmp_path, m
     ckpt = tmp_path / "checkpoints"
     save_checkpoint(Engine(), ckpt, 2, {"step": 2}, keep=3)
     save_checkpoint(Engine(), ckpt, 4, {"step": 4}, keep=3)
-    with pytest.raises(CheckpointSaveFailed, match=rf"\.tmp-step00000006: .* No space left on device.*'latest' still names {tag(4)}"):
+    with pytest.raises(
+        CheckpointSaveFailed, match=rf"\.tmp-step00000006: .* No space left on device.*'latest' still names {tag(4)}"
+    ):
         save_checkpoint(Engine(fail=True), ckpt, 6, {"step": 6}, keep=3)
     assert (ckpt / LATEST).read_text() == tag(4) and sorted(saved_steps(ckpt)) == [2, 4]
     assert not list(ckpt.glob(".tmp-*"))
@@ -213,7 +238,9 @@ def rank_pids(launcher: int) -> dict[int, int]:
     ranks = {}
     for pid in descendants(launcher):
         try:
-            env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            env = dict(
+                item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
+            )
             cmdline = Path(f"/proc/{pid}/cmdline").read_text()
         except OSError:
             continue
@@ -224,7 +251,9 @@ def rank_pids(launcher: int) -> dict[int, int]:
 
 def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def wait_for(ready, run: subprocess.Popen, timeout: float = 400) -> None:
@@ -235,10 +264,24 @@ def wait_for(ready, run: subprocess.Popen, timeout: float = 400) -> None:
         time.sleep(0.05)
 
 
-def test_a_rank_killed_under_torchrun_restarts_falls_back_from_a_damaged_latest_and_gives_the_uninterrupted_losses(first, workspace):
+def test_a_rank_killed_under_torchrun_restarts_falls_back_from_a_damaged_latest_and_gives_the_uninterrupted_losses(
+    first, workspace
+):
     out = workspace / "runs" / "faults" / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
-           "-m", "unimodal.train", str(SMOKE / "stage1.yaml"), *set_args(out, "train.checkpoint_every=1")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+        "-m",
+        "unimodal.train",
+        str(SMOKE / "stage1.yaml"),
+        *set_args(out, "train.checkpoint_every=1"),
+    ]
     run = start(cmd, workspace, out.with_suffix(".log"))
     ckpt = out / "checkpoints"
     try:
@@ -258,7 +301,11 @@ def test_a_rank_killed_under_torchrun_restarts_falls_back_from_a_damaged_latest_
     assert f"resuming at step {resumed}" in log, log[-4000:]
     assert deterministic(out) == first[1]  # every step to the last, each loss bit for bit
     deadline = time.monotonic() + 60
-    while [p for p in first_round if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]]:
+    while [
+        p
+        for p in first_round
+        if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    ]:
         assert time.monotonic() < deadline, "processes of the first round (ranks, loader workers) outlived the job"
         time.sleep(0.5)
 
@@ -266,8 +313,17 @@ def test_a_rank_killed_under_torchrun_restarts_falls_back_from_a_damaged_latest_
 def test_fresh_keeps_the_earlier_run_and_a_stopped_rank_ends_the_job_within_the_collective_timeout(first, workspace):
     out, reference = first
     timeout_s = 20
-    cmd = [sys.executable, "-m", "unimodal.cli", "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", "--fresh",
-           *set_args(out, f"train.collective_timeout_s={timeout_s}", "train.steps=1000")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unimodal.cli",
+        "train",
+        str(SMOKE / "stage1.yaml"),
+        "--nproc",
+        "2",
+        "--fresh",
+        *set_args(out, f"train.collective_timeout_s={timeout_s}", "train.steps=1000"),
+    ]
     run = start(cmd, workspace, out.parent / "stopped.log")
     try:
         wait_for(lambda: list(out.parent.glob("twice.*")) and 2 in logged_steps(out), run)  # the new run's step 2
@@ -280,6 +336,12 @@ def test_fresh_keeps_the_earlier_run_and_a_stopped_rank_ends_the_job_within_the_
             os.killpg(run.pid, signal.SIGKILL)
     log = (out.parent / "stopped.log").read_text()
     [kept] = out.parent.glob("twice.*")  # the earlier run, whole
-    assert f"kept as {kept}" in log and deterministic(kept) == reference and sorted(saved_steps(kept / "checkpoints")) == [2, 4]
+    assert (
+        f"kept as {kept}" in log
+        and deterministic(kept) == reference
+        and sorted(saved_steps(kept / "checkpoints")) == [2, 4]
+    )
     assert code == 1 and waited < timeout_s + 60, (code, waited, log[-3000:])
-    assert re.search(rf"error: rank 0: \w+ after step \d+ failed or waited over train.collective_timeout_s={timeout_s} s", log), log[-3000:]
+    assert re.search(
+        rf"error: rank 0: \w+ after step \d+ failed or waited over train.collective_timeout_s={timeout_s} s", log
+    ), log[-3000:]

@@ -23,7 +23,9 @@ def sample(text: int, patches: dict[str, int], target: int) -> TokenSequence:
 
 @pytest.mark.parametrize("patches", [{"image": 9}, {"audio": 7, "video": 5}, {}])
 def test_formula_matches_counted_matmuls(patches):
-    cfg = ModelConfig(d_model=64, n_heads=4, enc_layers=3, dec_layers=2, mlp_ratio=3.0, vocab_size=101, patch_dims=PATCH_DIMS)
+    cfg = ModelConfig(
+        d_model=64, n_heads=4, enc_layers=3, dec_layers=2, mlp_ratio=3.0, vocab_size=101, patch_dims=PATCH_DIMS
+    )
     model = UnifiedModel(cfg)
     seq = sample(text=5, patches=patches, target=6)
     batch = collate([seq], cfg.patch_dims, bos_id=2)

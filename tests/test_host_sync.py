@@ -21,8 +21,8 @@ import traceback
 from collections import Counter
 
 import torch
-
 from conftest import SMOKE
+
 from unimodal.train.launch import free_port
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu")
@@ -49,7 +49,9 @@ def count_reads(workspace, out, port: int) -> None:
     from unimodal.train.metrics import MetricsLogger
 
     os.chdir(workspace)
-    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    os.environ.update(
+        DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+    )
     torch.set_num_threads(1)
     step, reads = [0], []
 
@@ -69,8 +71,14 @@ def count_reads(workspace, out, port: int) -> None:
         advance(self)
 
     MetricsLogger.advance = counting_advance
-    sets = [f"train.steps={STEPS}", f"logging.every={EVERY}", "train.checkpoint_every=1000", "data.workers=1",
-            "logging.wandb.mode=disabled", f"train.output_dir={out}"]
+    sets = [
+        f"train.steps={STEPS}",
+        f"logging.every={EVERY}",
+        "train.checkpoint_every=1000",
+        "data.workers=1",
+        "logging.wandb.mode=disabled",
+        f"train.output_dir={out}",
+    ]
     recipe = load_recipe(SMOKE / "stage1.yaml", sets)
     for name in READS:
         setattr(torch.Tensor, name, noting(name))

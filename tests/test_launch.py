@@ -64,7 +64,11 @@ def bin_dir(tmp_path) -> Path:
 def run(script: str, *args: str, bin_dir: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [BASH, str(LAUNCH / script), *args],
-        cwd=REPO, env={"PATH": str(bin_dir), **env}, capture_output=True, text=True, timeout=30,
+        cwd=REPO,
+        env={"PATH": str(bin_dir), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -83,7 +87,7 @@ def value(argv: list[str], option: str) -> str:
 
 def entry(argv: list[str]) -> list[str]:
     """What the launcher starts on every rank: the module and its arguments."""
-    return argv[argv.index("unimodal.train") - 1:]
+    return argv[argv.index("unimodal.train") - 1 :]
 
 
 def test_scripts_are_executable_and_strict():
@@ -94,8 +98,16 @@ def test_scripts_are_executable_and_strict():
 
 
 def test_deepspeed_dry_run_prints_every_host(bin_dir):
-    out = run("deepspeed.sh", "--dry-run", "launch/hostfile.example", RECIPE, "--set", "train.steps=1000",
-              bin_dir=bin_dir, GPUS_PER_NODE="4")
+    out = run(
+        "deepspeed.sh",
+        "--dry-run",
+        "launch/hostfile.example",
+        RECIPE,
+        "--set",
+        "train.steps=1000",
+        bin_dir=bin_dir,
+        GPUS_PER_NODE="4",
+    )
     assert out.returncode == 0, out.stderr
     rows = per_node(out.stdout)
     assert [host for host, _ in rows] == ["node01", "node02"]
@@ -110,8 +122,16 @@ def test_deepspeed_dry_run_prints_every_host(bin_dir):
 
 
 def test_deepspeed_takes_slots_from_the_hostfile_and_the_master_from_the_environment(bin_dir):
-    out = run("deepspeed.sh", "launch/hostfile.example", RECIPE, "--resume",
-              bin_dir=bin_dir, DRY_RUN="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="6000")
+    out = run(
+        "deepspeed.sh",
+        "launch/hostfile.example",
+        RECIPE,
+        "--resume",
+        bin_dir=bin_dir,
+        DRY_RUN="1",
+        MASTER_ADDR="10.0.0.1",
+        MASTER_PORT="6000",
+    )
     assert out.returncode == 0, out.stderr
     for _, argv in per_node(out.stdout):
         assert "--num_gpus" not in argv
@@ -166,8 +186,16 @@ SLURM = {"SLURM_JOB_NODELIST": "node[01-02]", "SLURM_NNODES": "2", "SLURM_GPUS_O
 
 @pytest.mark.parametrize("restarts", ["0", "1"])
 def test_slurm_dry_run_prints_each_node_and_resumes_a_requeued_job(bin_dir, restarts):
-    out = run("slurm.sh", "--dry-run", RECIPE, "--set", "train.steps=1000",
-              bin_dir=bin_dir, SLURM_RESTART_COUNT=restarts, **SLURM)
+    out = run(
+        "slurm.sh",
+        "--dry-run",
+        RECIPE,
+        "--set",
+        "train.steps=1000",
+        bin_dir=bin_dir,
+        SLURM_RESTART_COUNT=restarts,
+        **SLURM,
+    )
     assert out.returncode == 0, out.stderr
     rows = per_node(out.stdout)
     assert [host for host, _ in rows] == ["node01", "node02"]
@@ -218,18 +246,35 @@ def test_slurm_starts_one_torchrun_per_node_as_the_dry_run_printed(bin_dir, tmp_
     expected = [[a.replace("node01", "n1") for a in argv] for _, argv in dry]
     assert [shlex.split(line) for line in real.stdout.splitlines()] == expected
     srun = shlex.split(srun_log.read_text())
-    assert (value(srun, "--nodes"), value(srun, "--ntasks-per-node"), value(srun, "--cpus-per-task")) == ("2", "1", "96")
+    assert (value(srun, "--nodes"), value(srun, "--ntasks-per-node"), value(srun, "--cpus-per-task")) == (
+        "2",
+        "1",
+        "96",
+    )
     assert "--kill-on-bad-exit=1" in srun
 
 
 def test_slurm_requeues_itself_on_usr1(bin_dir, tmp_path):
     install(bin_dir, "scontrol")
     srun_log, requeue_log = tmp_path / "srun.log", tmp_path / "requeue.log"
-    env = {"PATH": str(bin_dir), **SLURM, "SLURM_JOB_ID": "42", "SLURM_CPUS_ON_NODE": "96",
-           "SRUN_LOG": str(srun_log), "SRUN_SLEEP": "60", "REQUEUE_LOG": str(requeue_log)}
+    env = {
+        "PATH": str(bin_dir),
+        **SLURM,
+        "SLURM_JOB_ID": "42",
+        "SLURM_CPUS_ON_NODE": "96",
+        "SRUN_LOG": str(srun_log),
+        "SRUN_SLEEP": "60",
+        "REQUEUE_LOG": str(requeue_log),
+    }
     with open(tmp_path / "out", "w") as out:
-        job = subprocess.Popen([BASH, str(LAUNCH / "slurm.sh"), RECIPE], cwd=REPO, env=env,
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        job = subprocess.Popen(
+            [BASH, str(LAUNCH / "slurm.sh"), RECIPE],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         started = Path(f"{srun_log}.started")
         deadline = time.monotonic() + 20

@@ -13,13 +13,13 @@ import pytest
 import torch
 import webdataset as wds
 import yaml
+from conftest import SMOKE, unimodal
 from PIL import Image
 
-from conftest import SMOKE, unimodal
-from unimodal.recipe import load_recipe
 from unimodal.data.index import write_index
 from unimodal.data.loader import TooManyBadSamples, build_train_loader
 from unimodal.data.stream import ShardStream
+from unimodal.recipe import load_recipe
 
 SHARDS, PER_SHARD = 8, 10
 
@@ -39,7 +39,9 @@ def write_shards(directory: Path, prefix: str, corrupt: set[str] = frozenset()) 
         with wds.TarWriter(str(path)) as sink:
             for i in range(PER_SHARD):
                 key = f"{prefix}-{s}-{i}"
-                sink.write({"__key__": key, "png": b"not a png" if key in corrupt else png(s * 100 + i), "txt": f"sample {i}"})
+                sink.write(
+                    {"__key__": key, "png": b"not a png" if key in corrupt else png(s * 100 + i), "txt": f"sample {i}"}
+                )
                 keys.append(key)
         entries.append({"name": path.name, "samples": PER_SHARD, "bytes": path.stat().st_size})
     write_index(directory, entries)
@@ -68,7 +70,9 @@ def seen_by_epoch(loader, batches: int) -> dict[int, Counter]:
 
 def test_two_ranks_two_workers_see_every_key_once_per_epoch(in_workspace, tmp_path):
     keys = write_shards(tmp_path / "shards", "img")
-    path = image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=2)
+    path = image_recipe(
+        tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=2
+    )
     recipe = load_recipe(path)
     total: dict[int, Counter] = {}
     for rank in (0, 1):
@@ -81,7 +85,9 @@ def test_two_ranks_two_workers_see_every_key_once_per_epoch(in_workspace, tmp_pa
 
 def test_stop_and_resume_mid_epoch_neither_repeats_nor_skips(in_workspace, tmp_path):
     keys = write_shards(tmp_path / "shards", "img")
-    path = image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=2)
+    path = image_recipe(
+        tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=2
+    )
     recipe = load_recipe(path)
     uninterrupted = [b["meta"] for b, _ in zip(build_train_loader(recipe, 0), range(24))]
 
@@ -100,8 +106,12 @@ def test_stop_and_resume_mid_epoch_neither_repeats_nor_skips(in_workspace, tmp_p
 
 def test_pipe_urls_stream_like_local_paths(in_workspace, tmp_path):
     write_shards(tmp_path / "shards", "img")
-    local = load_recipe(image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar")}], workers=0))
-    piped = load_recipe(image_recipe(tmp_path, [{"shards": "pipe:cat " + str(tmp_path / "shards/img-{000000..000007}.tar")}], workers=0))
+    local = load_recipe(
+        image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar")}], workers=0)
+    )
+    piped = load_recipe(
+        image_recipe(tmp_path, [{"shards": "pipe:cat " + str(tmp_path / "shards/img-{000000..000007}.tar")}], workers=0)
+    )
     for a, b, _ in zip(build_train_loader(local, 0), build_train_loader(piped, 0), range(3)):
         assert a["meta"]["keys"] == b["meta"]["keys"]
 
@@ -111,7 +121,12 @@ def test_broken_shard_and_corrupt_png_are_skipped_and_counted(in_workspace, tmp_
     write_shards(shards, "img", corrupt={"img-3-4"})
     whole = (shards / "img-000005.tar").read_bytes()
     (shards / "img-000005.tar").write_bytes(whole[: len(whole) // 2])  # truncated mid-way
-    path = image_recipe(tmp_path, [{"shards": str(shards / "img-{000000..000007}.tar"), "resample": False}], workers=0, max_bad_fraction=0.2)
+    path = image_recipe(
+        tmp_path,
+        [{"shards": str(shards / "img-{000000..000007}.tar"), "resample": False}],
+        workers=0,
+        max_bad_fraction=0.2,
+    )
     skipped, seen = Counter(), Counter()
     for batch, _ in zip(build_train_loader(load_recipe(path), 0), range(30)):
         skipped.update(batch["meta"]["skipped"])
@@ -131,18 +146,25 @@ def test_max_bad_fraction_stops_the_run_naming_the_dataset(in_workspace, tmp_pat
         {"name": "half-broken", "shards": str(tmp_path / "shards/bad-{000000..000007}.tar")},
     ]
     path = image_recipe(tmp_path, datasets, workers=1)
-    with pytest.raises(TooManyBadSamples, match="dataset half-broken: .* over data.max_bad_fraction=0.01"):
+    with pytest.raises(TooManyBadSamples, match=r"dataset half-broken: .* over data.max_bad_fraction=0.01"):
         for _ in build_train_loader(load_recipe(path), 0):
             pass
     run = unimodal("train", str(path), "--nproc", "1", "--set", "train.steps=50", cwd=in_workspace)
     assert run.returncode != 0
-    assert "error: dataset half-broken: 50 of 101 samples read were skipped (undecodable png: 50)" in run.stderr and "max_bad_fraction" in run.stderr
+    assert (
+        "error: dataset half-broken: 50 of 101 samples read were skipped (undecodable png: 50)" in run.stderr
+        and "max_bad_fraction" in run.stderr
+    )
 
 
 def test_epochs_need_a_shard_per_loader_slot(in_workspace, tmp_path):
     write_shards(tmp_path / "shards", "img")
-    path = image_recipe(tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=3)
-    with pytest.raises(ValueError, match=r"\(images\): resample: false deals 8 shards over 4 ranks x 3 workers; it needs at least 12"):
+    path = image_recipe(
+        tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=3
+    )
+    with pytest.raises(
+        ValueError, match=r"\(images\): resample: false deals 8 shards over 4 ranks x 3 workers; it needs at least 12"
+    ):
         build_train_loader(load_recipe(path), 0, world=4)
 
 

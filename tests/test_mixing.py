@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-
 from conftest import SMOKE, unimodal
+
 from unimodal.config import RecipeError
-from unimodal.recipe import load_recipe
 from unimodal.data.balance import MixBoard, MixPolicy, bounded, loss_aware_mix
 from unimodal.data.loader import build_train_loader
 from unimodal.data.mixing import cumulative, slot_sampler
+from unimodal.recipe import load_recipe
 from unimodal.train.balancer import Balancer
 
 DRAWS = 20_000
@@ -59,15 +59,23 @@ def test_temperature_follows_index_sizes(in_workspace, temperature):
 
 def test_temperature_needs_every_size(in_workspace):
     shards = "pipe:cat data/demo/train/text-{000000..000001}.tar"
-    with pytest.raises(RecipeError, match=r"stage2.yaml: data.sampling.temperature .* data.datasets.1 \(number-words\) is unknown"):
-        load_recipe(SMOKE / "stage2.yaml", [f"data.datasets.1.shards={shards}", *sampling("{strategy: temperature, temperature: 2}")])
+    with pytest.raises(
+        RecipeError, match=r"stage2.yaml: data.sampling.temperature .* data.datasets.1 \(number-words\) is unknown"
+    ):
+        load_recipe(
+            SMOKE / "stage2.yaml",
+            [f"data.datasets.1.shards={shards}", *sampling("{strategy: temperature, temperature: 2}")],
+        )
 
 
 def test_schedule_and_ramp_at_a_step(in_workspace):
-    recipe = load_recipe(SMOKE / "stage2.yaml", sampling(
-        "{schedule: [{step: 0, weights: {spoken-digits: 0}}, {step: 100, weights: {spoken-digits: 2}}],"
-        " ramp: {dataset: moving-digits, steps: 200}}"
-    ))
+    recipe = load_recipe(
+        SMOKE / "stage2.yaml",
+        sampling(
+            "{schedule: [{step: 0, weights: {spoken-digits: 0}}, {step: 100, weights: {spoken-digits: 2}}],"
+            " ramp: {dataset: moving-digits, steps: 200}}"
+        ),
+    )
     policy = MixPolicy(recipe)
     assert policy.target(0)[2:].tolist() == [0, 0]  # both start at 0
     target = policy.target(50)  # spoken-digits halfway from 0 to 2, moving-digits a quarter in
@@ -84,8 +92,11 @@ def test_schedule_and_ramp_at_a_step(in_workspace):
         ("{strategy: temperature}", "strategy temperature needs `temperature`"),
         ("{strategy: loss_aware, min_weight: 0.3}", r"needs 4 x min_weight <= 1"),
         ("{schedule: [{step: 5, weights: {}}, {step: 2, weights: {}}]}", "steps must increase"),
-        ("{ramp: [{dataset: digit-captions, steps: 5}, {dataset: number-words, steps: 5},"
-         " {dataset: spoken-digits, steps: 5}, {dataset: moving-digits, steps: 5}]}", "at step 0 the schedule and ramps leave every dataset at 0"),
+        (
+            "{ramp: [{dataset: digit-captions, steps: 5}, {dataset: number-words, steps: 5},"
+            " {dataset: spoken-digits, steps: 5}, {dataset: moving-digits, steps: 5}]}",
+            "at step 0 the schedule and ramps leave every dataset at 0",
+        ),
     ],
 )
 def test_bad_sampling_sections_name_the_field(in_workspace, value, words):
@@ -160,7 +171,11 @@ def one_rank():
 
 def made_up_losses(dataset: torch.Tensor, step: int) -> torch.Tensor:
     """digit-captions' loss stays flat; number-words' falls fast."""
-    return torch.where(dataset == 0, torch.full_like(dataset, 2.0, dtype=torch.float64), torch.full_like(dataset, 2.0 * 0.8**step, dtype=torch.float64))
+    return torch.where(
+        dataset == 0,
+        torch.full_like(dataset, 2.0, dtype=torch.float64),
+        torch.full_like(dataset, 2.0 * 0.8**step, dtype=torch.float64),
+    )
 
 
 def trainer(recipe, start: dict | None, until: int) -> tuple[list[list[str]], list[np.ndarray], dict]:
@@ -186,10 +201,16 @@ def trainer(recipe, start: dict | None, until: int) -> tuple[list[list[str]], li
 
 
 def test_loss_aware_mix_reaches_workers_and_resumes_exactly(in_workspace, one_rank):
-    recipe = load_recipe(SMOKE / "stage1.yaml", [
-        "data.workers=2", "data.batch_tokens=300", "data.pack_length=128", "data.shuffle_buffer=4",
-        *sampling("{strategy: loss_aware, update_every: 2, min_weight: 0.25, max_weight: 0.75}"),
-    ])
+    recipe = load_recipe(
+        SMOKE / "stage1.yaml",
+        [
+            "data.workers=2",
+            "data.batch_tokens=300",
+            "data.pack_length=128",
+            "data.shuffle_buffer=4",
+            *sampling("{strategy: loss_aware, update_every: 2, min_weight: 0.25, max_weight: 0.75}"),
+        ],
+    )
     lag = -(-(4 * 2 + 1) // ACCUMULATION)  # 4 batches prefetched by each of 2 workers, + 1
     tasks, targets, _ = trainer(recipe, None, STEPS)
     # the first window (steps 1-2) only measures; the mix made after step 4 applies from step 4 + lag
@@ -208,8 +229,18 @@ def test_loss_aware_mix_reaches_workers_and_resumes_exactly(in_workspace, one_ra
 
 # --- a real 2-rank run ---------------------------------------------------------------------------
 
-RUN = ["--nproc", "2", "--set", "train.steps=16", "--set", "train.checkpoint_every=8", "--set", "logging.every=1",
-       "--set", "data.sampling={strategy: loss_aware, update_every: 2, min_weight: 0.2, max_weight: 0.8}"]
+RUN = [
+    "--nproc",
+    "2",
+    "--set",
+    "train.steps=16",
+    "--set",
+    "train.checkpoint_every=8",
+    "--set",
+    "logging.every=1",
+    "--set",
+    "data.sampling={strategy: loss_aware, update_every: 2, min_weight: 0.2, max_weight: 0.8}",
+]
 
 
 def test_loss_aware_training_logs_the_mix_and_resumes_bit_exact(workspace):
@@ -229,7 +260,9 @@ def test_loss_aware_training_logs_the_mix_and_resumes_bit_exact(workspace):
     shutil.rmtree(b / "checkpoints" / "step00000016")
     (b / "checkpoints" / "latest").write_text("step00000008")
     (b / "done.json").unlink()
-    result = unimodal("train", str(SMOKE / "stage1.yaml"), *RUN, "--resume", "--set", f"train.output_dir={b}", cwd=workspace)
+    result = unimodal(
+        "train", str(SMOKE / "stage1.yaml"), *RUN, "--resume", "--set", f"train.output_dir={b}", cwd=workspace
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     again = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
     keys = ["loss"] + [f"{k}/{n}" for k in ("mix", "mix_target", "samples") for n in names]

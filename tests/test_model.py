@@ -81,9 +81,7 @@ def test_padding_invariance(model):
     mem_alone, _ = model.encode(alone)
     mem_both, _ = model.encode(both)
     torch.testing.assert_close(mem_both[1, : short.enc_len], mem_alone[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(
-        model(both)["sample_loss"][1], model(alone)["sample_loss"][0], atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(model(both)["sample_loss"][1], model(alone)["sample_loss"][0], atol=1e-5, rtol=0)
 
 
 def test_decoder_is_causal(model):

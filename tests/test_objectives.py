@@ -21,17 +21,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
+from conftest import SMOKE, unimodal
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import SMOKE, unimodal
 from unimodal.config import OBJECTIVES, Recipe, RecipeError, expand_shards
-from unimodal.recipe import load_recipe, read_yaml
 from unimodal.data.decode import decode_example
-from unimodal.demo.mixture import WORDS, digit_sound
 from unimodal.data.stream import eval_samples
+from unimodal.demo.mixture import WORDS, digit_sound
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.flops import batch_train_flops, decoder_flops, view_lengths
+from unimodal.recipe import load_recipe, read_yaml
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import MODALITIES, TokenSequence, collate_rows
@@ -46,6 +46,7 @@ CAPTION, MLM, MIM, CONTRASTIVE, ITM = range(5)  # dataset indices in `recipe`, o
 def datasets(root) -> list[dict]:
     """One dataset per objective, in OBJECTIVES order: digit images and their captions, number
     words, and digit tones with their word as the pairs (a word is the clearest pair signal)."""
+
     def demo(kind: str) -> dict:
         base = f"{root}/data/demo"
         return dict(shards=f"{base}/train/{kind}-{{000000..000001}}.tar", eval_shards=f"{base}/test/{kind}-000000.tar")
@@ -84,11 +85,16 @@ def sequences(recipe: Recipe, tokenizer: MultimodalTokenizer, d: int, n: int) ->
     return [tokenizer(decode_example(raw, d, ds, recipe.tokenizer)) for raw in raws]
 
 
-def tone_word_pairs(recipe: Recipe, tokenizer: MultimodalTokenizer, digits: list[int], seed: int = 0) -> list[TokenSequence]:
+def tone_word_pairs(
+    recipe: Recipe, tokenizer: MultimodalTokenizer, digits: list[int], seed: int = 0
+) -> list[TokenSequence]:
     """itm samples chosen here, not drawn from the shards: each digit's DTMF tone (the demo's, from a
     generator seeded `seed`) with its word, tokenized as the loader does."""
     rng, ds = np.random.default_rng(seed), recipe.data.datasets[ITM]
-    raws = [{"__key__": f"pair-{i}", "wav": digit_sound(d, rng, speech=False)[0], "txt": WORDS[d].encode()} for i, d in enumerate(digits)]
+    raws = [
+        {"__key__": f"pair-{i}", "wav": digit_sound(d, rng, speech=False)[0], "txt": WORDS[d].encode()}
+        for i, d in enumerate(digits)
+    ]
     return [tokenizer(decode_example(raw, ITM, ds, recipe.tokenizer)) for raw in raws]
 
 
@@ -112,15 +118,22 @@ def test_recipe_fields_name_the_mistake():
         (["objective=mlm", "target=null"], "inputs: objective mlm masks text tokens and needs a text input"),
         (["objective=mim", "target=null", "inputs={text: txt}"], "needs an image, audio or video input"),
         (["objective=contrastive", "target=null"], "inputs: objective contrastive pairs exactly two inputs, got 1"),
-        (["objective=contrastive", "target=null", "inputs={image: png, text: txt}", "prompt=compare"],
-         "prompt: objective contrastive encodes its two inputs without a prompt"),
-        (["objective=itm", "target=null", "inputs={image: png, text: txt}", "objective_options={mask_ratio: 0.3}"],
-         "objective_options.mask_ratio: only for objectives mlm and mim, not itm"),
-        (["objective=mim", "target=null", "objective_options={mask_ratio: 1.5}"], "data.datasets.0.objective_options.mask_ratio"),
+        (
+            ["objective=contrastive", "target=null", "inputs={image: png, text: txt}", "prompt=compare"],
+            "prompt: objective contrastive encodes its two inputs without a prompt",
+        ),
+        (
+            ["objective=itm", "target=null", "inputs={image: png, text: txt}", "objective_options={mask_ratio: 0.3}"],
+            "objective_options.mask_ratio: only for objectives mlm and mim, not itm",
+        ),
+        (
+            ["objective=mim", "target=null", "objective_options={mask_ratio: 1.5}"],
+            "data.datasets.0.objective_options.mask_ratio",
+        ),
         (["objective=clip"], "data.datasets.0.objective"),
     ]
     for sets, words in cases:
-        with pytest.raises(RecipeError, match="data.datasets.0") as err:
+        with pytest.raises(RecipeError, match=r"data.datasets.0") as err:
             load(*sets)
         assert words in str(err.value), (sets, str(err.value))
     mim = load("objective=mim", "target=null")
@@ -128,7 +141,7 @@ def test_recipe_fields_name_the_mistake():
     mlm = load("objective=mlm", "target=null", "inputs={text: txt}", "objective_options={mask_ratio: 0.25}")
     assert mlm.data.datasets[0].objective_options.mask_ratio == 0.25
     assert load().data.datasets[0].objective == "seq2seq"
-    with pytest.raises(RecipeError, match="model.overrides.dec_layers: 0 leaves no decoder for the seq2seq datasets"):
+    with pytest.raises(RecipeError, match=r"model.overrides.dec_layers: 0 leaves no decoder for the seq2seq datasets"):
         load_recipe(SMOKE / "stage1.yaml", ["model.overrides={dec_layers: 0}"], check_files=False)
 
 
@@ -142,7 +155,9 @@ def test_each_objective_learns_a_fixed_batch(recipe, tokenizer, d):
     if d == ITM:
         assert (view_lengths(batch) > 0).all()  # every sample's matched view and its mismatched one
     model = new_model(tokenizer)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)  # higher, contrastive can collapse (loss log 8)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, weight_decay=0.0
+    )  # higher, contrastive can collapse (loss log 8)
     losses = []
     for _ in range(30):
         out = model(batch)
@@ -201,14 +216,18 @@ def test_contrastive_loss_is_infonce_over_the_batch(recipe, tokenizer):
     out = model(batch)
     with torch.no_grad():
         memory = model.encode(batch)[0]
-        pooled = torch.stack([
-            torch.stack([memory[(batch["enc_sample"] == i) & (batch["enc_view"] == v)].mean(0) for v in (0, 1)])
-            for i in range(6)
-        ])
+        pooled = torch.stack(
+            [
+                torch.stack([memory[(batch["enc_sample"] == i) & (batch["enc_view"] == v)].mean(0) for v in (0, 1)])
+                for i in range(6)
+            ]
+        )
         z = F.normalize(model.contrastive.proj(pooled), dim=-1)
         logits = model.contrastive.logit_scale.exp() * z[:, 0] @ z[:, 1].T
         truth = torch.arange(6)
-        per_pair = (F.cross_entropy(logits, truth, reduction="none") + F.cross_entropy(logits.T, truth, reduction="none")) / 2
+        per_pair = (
+            F.cross_entropy(logits, truth, reduction="none") + F.cross_entropy(logits.T, truth, reduction="none")
+        ) / 2
     torch.testing.assert_close(out["sample_loss"], per_pair)
     torch.testing.assert_close(out["loss"], per_pair.mean())
     # the two views are encoded apart: the word does not reach the tone's states
@@ -286,11 +305,16 @@ def test_flops_formula_matches_counted_matmuls(recipe, tokenizer, d, per_row):
 
 
 def test_evaluation_reports_a_metric_per_objective(recipe, tokenizer):
-    from unimodal.eval.harness import evaluate  # here: spawned ranks import this module, and DeepSpeed is slow to import
+    from unimodal.eval.harness import (
+        evaluate,
+    )  # here: spawned ranks import this module, and DeepSpeed is slow to import
 
     results = evaluate(recipe, new_model(tokenizer).eval(), batch_size=32)
     assert {n: list(r["metrics"]) for n, r in results.items()} == {
-        "caption": ["exact_match"], "mlm": ["accuracy"], "pairs": ["recall@1"], "match": ["accuracy"],
+        "caption": ["exact_match"],
+        "mlm": ["accuracy"],
+        "pairs": ["recall@1"],
+        "match": ["accuracy"],
     }  # mim has no held-out metric
     assert all(r["samples"] > 0 and 0.0 <= v <= 1.0 for r in results.values() for v in r["metrics"].values())
 
@@ -346,7 +370,9 @@ def test_two_rank_deepspeed_run_mixes_objectives(workspace):
     recipe_path, out = workspace / "objectives.yaml", workspace / "runs" / "objectives"
     recipe_path.write_text(yaml.safe_dump(raw))
     sets = ["train.steps=4", "train.warmup_steps=0", "logging.every=1", f"train.output_dir={out}"]
-    result = unimodal("train", str(recipe_path), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    result = unimodal(
+        "train", str(recipe_path), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4]

@@ -10,20 +10,20 @@ from itertools import islice
 import pytest
 import torch
 import webdataset as wds
-
 from conftest import REPO, unimodal
+
 from unimodal.config import RecipeError, expand_shards
-from unimodal.recipe import load_recipe
-from unimodal.demo.avmnist import write_avmnist
 from unimodal.data.decode import decode_example
-from unimodal.demo.mixture import WORDS
 from unimodal.data.stream import eval_samples
+from unimodal.demo.avmnist import write_avmnist
+from unimodal.demo.mixture import WORDS
 from unimodal.model import UnifiedModel
 from unimodal.model.distill import DistillPlan
+from unimodal.model.pretrained import load_weights
+from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID, shard_texts, train_text_tokenizer
-from unimodal.model.pretrained import load_weights
 from unimodal.train.engine import model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -61,7 +61,9 @@ def members(tar) -> dict[str, set[str]]:
 def test_pairs_hold_sound_in_training_only_and_the_same_seed_writes_the_same_bytes(osmd_workspace, tmp_path):
     data = osmd_workspace / "data" / "avmnist"
     assert json.loads((data / "index.json").read_text()) == {"train": 2 * 72, "test": 18}  # 2 copies of 72 scans
-    assert all(exts == {"png", "wav", "txt", "json"} for exts in members(data / "train" / "avmnist-000000.tar").values())
+    assert all(
+        exts == {"png", "wav", "txt", "json"} for exts in members(data / "train" / "avmnist-000000.tar").values()
+    )
     assert all(exts == {"png", "txt", "json"} for exts in members(data / "test" / "avmnist-000000.tar").values())
     for sample in wds.WebDataset(str(data / "test" / "avmnist-000000.tar"), shardshuffle=False):
         assert sample["txt"].decode() == WORDS[json.loads(sample["json"])["label"]]
@@ -69,7 +71,9 @@ def test_pairs_hold_sound_in_training_only_and_the_same_seed_writes_the_same_byt
     for split, name in (("train", "avmnist-000001.tar"), ("test", "avmnist-000000.tar")):
         assert (tmp_path / split / name).read_bytes() == (data / split / name).read_bytes()
     write_avmnist(tmp_path, scale=0.05, occlusion=0, speech=False)
-    assert (tmp_path / "test" / "avmnist-000000.tar").read_bytes() != (data / "test" / "avmnist-000000.tar").read_bytes()
+    assert (tmp_path / "test" / "avmnist-000000.tar").read_bytes() != (
+        data / "test" / "avmnist-000000.tar"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -78,7 +82,10 @@ def test_pairs_hold_sound_in_training_only_and_the_same_seed_writes_the_same_byt
         (["data.datasets.0.privileged=[video]"], "privileged: video not among the dataset's inputs"),
         (["data.datasets.0.privileged=[image, audio]"], "at least one ordinary input must remain"),
         (["data.datasets.0.privileged=[audio, audio]"], "names one twice"),
-        (["data.datasets.0.privileged=[]", "data.datasets.0.distill.weight=2"], "distill: only for datasets with privileged inputs"),
+        (
+            ["data.datasets.0.privileged=[]", "data.datasets.0.distill.weight=2"],
+            "distill: only for datasets with privileged inputs",
+        ),
         (["data.datasets.0.objective=mim", "data.datasets.0.target=null"], "privileged: only for objective seq2seq"),
     ],
 )
@@ -163,7 +170,17 @@ def test_osmd_recipe_trains_and_evaluates_from_the_image_alone(in_osmd):
     assert 0 <= digits["metrics"]["exact_match"] <= 1
     # --drop of a privileged modality changes nothing: evaluation never reads it
     dropped = in_osmd / "dropped.json"
-    result = unimodal("eval", str(OSMD / "osmd.yaml"), "--checkpoint", str(out), "--drop", "audio", "--json", str(dropped), cwd=in_osmd)
+    result = unimodal(
+        "eval",
+        str(OSMD / "osmd.yaml"),
+        "--checkpoint",
+        str(out),
+        "--drop",
+        "audio",
+        "--json",
+        str(dropped),
+        cwd=in_osmd,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads(dropped.read_text())["digits"]["metrics"] == digits["metrics"]
 

@@ -44,8 +44,11 @@ def mismatches(text: str, pinned: dict[str, str]) -> list[str]:
     """Each version `text` names that is not pyproject.toml's pin for that package."""
     named = [(normalize(name), version) for name, version in MENTION.findall(text)]
     named += [("torch", version) for version in TORCH_BASE.findall(text)]
-    return [f"{name}=={version} (pyproject.toml: {pinned.get(name, 'not a dependency')})"
-            for name, version in named if pinned.get(name) != version]
+    return [
+        f"{name}=={version} (pyproject.toml: {pinned.get(name, 'not a dependency')})"
+        for name, version in named
+        if pinned.get(name) != version
+    ]
 
 
 def test_every_dependency_is_pinned_exactly():

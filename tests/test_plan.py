@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SMOKE, unimodal
-from unimodal.recipe import load_recipe
-from unimodal.data.loader import build_train_loader
+
 from unimodal.commands.plan import format_plan, plan
+from unimodal.data.loader import build_train_loader
+from unimodal.recipe import load_recipe
 
 
 def demo_sizes(workspace) -> dict[str, int]:
@@ -53,6 +53,8 @@ def test_a_ramp_is_planned_over_the_stage(in_workspace):
 
 
 def test_plan_names_a_bad_recipe(in_workspace):
-    run = unimodal("plan", str(SMOKE / "stage2.yaml"), "--set", "data.sampling={ramp: {dataset: nope, steps: 5}}", cwd=in_workspace)
+    run = unimodal(
+        "plan", str(SMOKE / "stage2.yaml"), "--set", "data.sampling={ramp: {dataset: nope, steps: 5}}", cwd=in_workspace
+    )
     assert run.returncode == 2
     assert "stage2.yaml" in run.stderr and "no dataset named 'nope'" in run.stderr

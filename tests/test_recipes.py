@@ -6,12 +6,13 @@ without their files. `recipes/smoke` (the demo's family) runs in test_demo.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 import yaml
-
 from conftest import REPO, unimodal
+
 from unimodal.recipe import load_recipe
 from unimodal.train.curriculum import load_curriculum
 from unimodal.train.start import describe
@@ -72,7 +73,7 @@ def test_smoke_curriculum_trains_every_stage_on_the_demo_data(family, in_workspa
         assert (done["steps"], done["world_size"]) == (3, 2), out
         assert (out / "model.safetensors").is_file()
     # every stage after the first started from the one before it, carrying what its recipe says
-    for before, after in zip(stages, stages[1:]):
+    for before, after in itertools.pairwise(stages):
         used = yaml.safe_load((after.recipe.train.output_dir / "recipe.yaml").read_text())
         assert used["init_from"] == str(before.recipe.train.output_dir)
         assert f"from step 0, {describe(after.recipe)}" in result.stdout

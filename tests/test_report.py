@@ -6,16 +6,25 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SMOKE
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import SMOKE
 from unimodal.cli import main
 from unimodal.recipe import load_recipe
 from unimodal.train.metrics import MetricsLogger
 
-DASHBOARD = ["loss", "loss/digit-captions", "tokens_per_s", "mfu", "data_wait_s", "padding_efficiency",
-             "mix/number-words", "mix_target/number-words", "peak_memory_mib"]
+DASHBOARD = [
+    "loss",
+    "loss/digit-captions",
+    "tokens_per_s",
+    "mfu",
+    "data_wait_s",
+    "padding_efficiency",
+    "mix/number-words",
+    "mix_target/number-words",
+    "peak_memory_mib",
+]
 
 
 def records(run_dir) -> list[dict]:
@@ -34,8 +43,11 @@ def test_tensorboard_holds_the_records_of_metrics_jsonl(tiny_run):
 
 
 def test_a_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(tmp_path):
-    recipe = load_recipe(SMOKE / "stage1.yaml", [f"train.output_dir={tmp_path}", "logging.tensorboard=true",
-                                                 "logging.wandb.mode=disabled"], check_files=False)
+    recipe = load_recipe(
+        SMOKE / "stage1.yaml",
+        [f"train.output_dir={tmp_path}", "logging.tensorboard=true", "logging.wandb.mode=disabled"],
+        check_files=False,
+    )
     for resumed, losses in ((0, [4.0, 3.0, 2.0]), (1, [2.5, 1.5])):  # stopped after step 3, resumed from step 1
         logger = MetricsLogger(recipe, resumed, enabled=True)
         for step, loss in enumerate(losses, resumed + 1):

@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SMOKE, unimodal, unimodal_env
+
 from unimodal.train.checkpoint import LATEST, PARTIAL, tag
 
 STEPS, EVERY = 9, 3
 SETS = [
-    f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", "logging.wandb.mode=disabled",
+    f"train.steps={STEPS}",
+    f"train.checkpoint_every={EVERY}",
+    "logging.wandb.mode=disabled",
     "logging.every=2",  # the checkpoint at step 3 falls inside a logging window: it must carry the window's sums
     "model.overrides.dropout=0.1",  # the trainer's RNG state matters
     "logging.sample_log=true",  # each rank's samples, step by step
@@ -38,9 +40,11 @@ def train_args(out, *extra: str) -> list[str]:
 def start(out, cwd) -> subprocess.Popen:
     """A run in its own process group, its output in `out`.log."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = open(out.with_suffix(".log"), "w")
+    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 (the run writes to it after we return)
     cmd = [sys.executable, "-m", "unimodal.cli", *train_args(out)]
-    return subprocess.Popen(cmd, cwd=cwd, env=unimodal_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=unimodal_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def wait_for(ready, run: subprocess.Popen, timeout: float = 400) -> None:

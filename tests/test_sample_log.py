@@ -29,7 +29,12 @@ def test_a_resumed_run_drops_the_killed_runs_lines_after_its_checkpoint(tmp_path
         resumed.add(step, meta(step), trained=step != 5)
     resumed.close()
     assert steps(path) == [1, 2, 3, 4, 5]
-    assert json.loads(path.read_text().splitlines()[-1]) == {"step": 5, "keys": ["ds/k5"], "epochs": [0], "trained": False}
+    assert json.loads(path.read_text().splitlines()[-1]) == {
+        "step": 5,
+        "keys": ["ds/k5"],
+        "epochs": [0],
+        "trained": False,
+    }
 
 
 def test_a_fresh_run_starts_a_new_log_and_a_disabled_one_writes_nothing(tmp_path):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from PIL import Image
-
 from conftest import unimodal
+from PIL import Image
 from test_data import Boom
+
 from unimodal.cli import main
 from unimodal.data.stream import read_shard
 from unimodal.data.write import Sample, ShardWriteError, size_in_bytes, write_shards
@@ -64,7 +64,19 @@ def test_manifest_round_trip_is_byte_exact(workspace, tmp_path, capsys):
     assert {ext for fields in expected.values() for ext in fields} == {"png", "wav", "mp4", "txt", "json"}
     out = tmp_path / "out"
 
-    written = unimodal("shards", "write", "--manifest", str(manifest), "--out", str(out), "--max-count", "50", "--workers", "2", cwd=tmp_path)
+    written = unimodal(
+        "shards",
+        "write",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--max-count",
+        "50",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+    )
     assert written.returncode == 0, written.stderr
     n = len(expected)
     shards = sorted(out.glob("*.tar"))
@@ -79,13 +91,19 @@ def test_manifest_round_trip_is_byte_exact(workspace, tmp_path, capsys):
 
     index = json.loads((out / "index.json").read_text())
     per_shard = {p.name: sum(s["shard"] == str(p) for s in report["per_sample"]) for p in shards}
-    assert index["shards"] == [{"name": p.name, "samples": per_shard[p.name], "bytes": p.stat().st_size} for p in shards]
+    assert index["shards"] == [
+        {"name": p.name, "samples": per_shard[p.name], "bytes": p.stat().st_size} for p in shards
+    ]
     assert index["samples"] == n and max(per_shard.values()) == 50
 
     serial = tmp_path / "serial"
-    code, _, err = run_main(capsys, "shards", "write", "--manifest", str(manifest), "--out", str(serial), "--max-count", "50")
+    code, _, err = run_main(
+        capsys, "shards", "write", "--manifest", str(manifest), "--out", str(serial), "--max-count", "50"
+    )
     assert code == 0, err
-    assert [(p.name, p.read_bytes()) for p in sorted(serial.glob("*.tar"))] == [(p.name, p.read_bytes()) for p in shards]
+    assert [(p.name, p.read_bytes()) for p in sorted(serial.glob("*.tar"))] == [
+        (p.name, p.read_bytes()) for p in shards
+    ]
 
 
 def test_folder_with_sidecars_and_unsafe_names(tmp_path, capsys):
@@ -104,9 +122,14 @@ def test_folder_with_sidecars_and_unsafe_names(tmp_path, capsys):
         (folder / name).write_bytes(data)
     out = tmp_path / "out"
 
-    code, stdout, err = run_main(capsys, "shards", "write", "--folder", str(folder), "--out", str(out), "--prefix", "photos")
+    code, stdout, err = run_main(
+        capsys, "shards", "write", "--folder", str(folder), "--out", str(out), "--prefix", "photos"
+    )
     assert code == 0, err
-    samples = {s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")} for s in read_shard(str(out / "photos-000000.tar"))}
+    samples = {
+        s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
+        for s in read_shard(str(out / "photos-000000.tar"))
+    }
     assert samples == {
         "a_b_c_1": {"jpg": b"jpeg 1", "txt": b"a caption"},
         "cats_001": {"jpg": b"jpeg 2", "txt": b"a cat"},
@@ -149,7 +172,10 @@ def outside(tmp_path) -> Path:
         ({"png": "link.png"}, "line 2: field 'png': link.png (-> {root}/x.png) is outside {root}/m"),
         ({"wav": "nope.wav"}, "line 2: field 'wav': no such file nope.wav"),
         ({"pyd": "ok.png"}, "line 2: field 'pyd': pickle fields are refused"),
-        ({"__key__": "a.b", "png": "ok.png"}, "duplicate key 'a_b': {root}/m/m.jsonl line 1 and {root}/m/m.jsonl line 2"),
+        (
+            {"__key__": "a.b", "png": "ok.png"},
+            "duplicate key 'a_b': {root}/m/m.jsonl line 1 and {root}/m/m.jsonl line 2",
+        ),
         ("{not json", "line 2: not JSON"),
     ],
 )
@@ -190,7 +216,12 @@ def test_inspect_reports_corrupt_pickled_and_truncated(workspace, tmp_path, caps
     assert not sentinel.exists()
 
     code, table, _ = run_main(capsys, "data", "inspect", str(bad), str(cut))
-    assert code == 0 and "not decoded (pickle)" in table and "broken shards:" in table and "corrupt  undecodable png" in table
+    assert (
+        code == 0
+        and "not decoded (pickle)" in table
+        and "broken shards:" in table
+        and "corrupt  undecodable png" in table
+    )
     assert not sentinel.exists()
 
     code, _, err = run_main(capsys, "data", "inspect", str(tmp_path / "missing-{000000..000001}.tar"))

@@ -11,8 +11,13 @@ import webdataset as wds
 from unimodal.data.tar import TarError, tar_members
 
 LONG = "deep/" * 30 + "sample-000001.caption.txt"  # 175 characters: a pax path, a GNU long name, a ustar prefix
-MEMBERS = [("a-000.jpg", b"\xff\xd8" + bytes(700)), ("a-000.txt", "ünïcode caption".encode()), ("empty.json", b""),
-           (LONG, b"x" * 513), ("dir/b-001.flac", bytes(range(256)) * 9)]
+MEMBERS = [
+    ("a-000.jpg", b"\xff\xd8" + bytes(700)),
+    ("a-000.txt", "ünïcode caption".encode()),
+    ("empty.json", b""),
+    (LONG, b"x" * 513),
+    ("dir/b-001.flac", bytes(range(256)) * 9),
+]
 
 
 def make_tar(fmt: int, mode: str = "w", mtime: float = 1_700_000_000) -> bytes:

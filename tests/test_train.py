@@ -6,19 +6,25 @@ import json
 
 import pytest
 import torch
-
 from conftest import SMOKE, unimodal
-from unimodal.recipe import load_recipe
+
 from unimodal.eval.harness import evaluate, load_model
 from unimodal.model.pretrained import load_weights
+from unimodal.recipe import load_recipe
 
 STEPS, EVERY = 16, 8
 
 
 def run_args(out_dir) -> list[str]:
     return [
-        "--set", f"train.steps={STEPS}", "--set", f"train.checkpoint_every={EVERY}",
-        "--set", "logging.every=1", "--set", f"train.output_dir={out_dir}",
+        "--set",
+        f"train.steps={STEPS}",
+        "--set",
+        f"train.checkpoint_every={EVERY}",
+        "--set",
+        "logging.every=1",
+        "--set",
+        f"train.output_dir={out_dir}",
     ]
 
 
@@ -67,9 +73,17 @@ def test_evaluation_reads_the_stage_weights(uninterrupted, in_workspace):
 def test_zero3_bf16_with_ragged_batches_of_all_modalities(workspace):
     """Each rank's batches differ in shape and modality mix; ZeRO-3 must still gather and step."""
     out = workspace / "runs" / "train-test" / "zero3"
-    sets = ["init_from=null", "train.steps=6", "logging.every=1", f"train.output_dir={out}",
-            "deepspeed.zero_optimization.stage=3", "deepspeed.bf16.enabled=true"]
-    result = unimodal("train", str(SMOKE / "stage2.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace)
+    sets = [
+        "init_from=null",
+        "train.steps=6",
+        "logging.every=1",
+        f"train.output_dir={out}",
+        "deepspeed.zero_optimization.stage=3",
+        "deepspeed.bf16.enabled=true",
+    ]
+    result = unimodal(
+        "train", str(SMOKE / "stage2.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     done = json.loads((out / "done.json").read_text())
     assert (done["zero_stage"], done["world_size"], done["steps"]) == (3, 2, 6)

@@ -1,19 +1,19 @@
 """The `unimodal` command.
 
-    unimodal data demo OUT_DIR               write the demo shards
-    unimodal data avmnist OUT_DIR            write the paired image + sound digits of recipes/osmd
-    unimodal data shifted OUT_DIR            the demo's digit scans inverted and noisy (recipes/adapt)
-    unimodal data inspect SHARDS... [--json] [--samples] [--limit N]
-    unimodal shards write (--manifest FILE.jsonl | --folder DIR) --out DIR
-                          [--prefix NAME] [--max-count N] [--max-size 1G] [--workers K]
-    unimodal tokenizer train SHARDS... --out DIR
-    unimodal train RECIPE [--nproc N] [--set F=V ...] [--fresh]
-    unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...] [--fresh]
-    unimodal plan RECIPE_OR_CURRICULUM [--simulate N] [--json] [--nproc N] [--set F=V ...]
-    unimodal eval RECIPE --checkpoint STAGE_DIR [--drop MODALITY ...] [--json FILE] [--set F=V ...]
-    unimodal export RUN_DIR OUT_DIR [--tag TAG]
-    unimodal report RUN_DIR                  plots (loss per task, mix, throughput) and a summary of metrics.jsonl
-    unimodal demo                            all of the above on the demo data
+unimodal data demo OUT_DIR               write the demo shards
+unimodal data avmnist OUT_DIR            write the paired image + sound digits of recipes/osmd
+unimodal data shifted OUT_DIR            the demo's digit scans inverted and noisy (recipes/adapt)
+unimodal data inspect SHARDS... [--json] [--samples] [--limit N]
+unimodal shards write (--manifest FILE.jsonl | --folder DIR) --out DIR
+                      [--prefix NAME] [--max-count N] [--max-size 1G] [--workers K]
+unimodal tokenizer train SHARDS... --out DIR
+unimodal train RECIPE [--nproc N] [--set F=V ...] [--fresh]
+unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...] [--fresh]
+unimodal plan RECIPE_OR_CURRICULUM [--simulate N] [--json] [--nproc N] [--set F=V ...]
+unimodal eval RECIPE --checkpoint STAGE_DIR [--drop MODALITY ...] [--json FILE] [--set F=V ...]
+unimodal export RUN_DIR OUT_DIR [--tag TAG]
+unimodal report RUN_DIR                  plots (loss per task, mix, throughput) and a summary of metrics.jsonl
+unimodal demo                            all of the above on the demo data
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from unimodal.config import RecipeError
-
-from unimodal.recipe import load_recipe
-from unimodal.fields import DECODABLE
 from unimodal.commands.inspect import NoShards, format_report, inspect_shards, shard_urls
+from unimodal.config import RecipeError
 from unimodal.data.write import ShardWriteError, folder_samples, manifest_samples, size_in_bytes, summary, write_shards
+from unimodal.fields import DECODABLE
+from unimodal.recipe import load_recipe
 from unimodal.train.launch import StageFailed, StageStopped
 
 DEMO_DATA, DEMO_RUNS, DEMO_CURRICULUM = Path("data/demo"), Path("runs/demo"), Path("recipes/smoke/curriculum.yaml")
@@ -51,7 +50,11 @@ def cmd_data_shifted(args) -> None:
 def cmd_data_avmnist(args) -> None:
     from unimodal.demo.avmnist import write_avmnist
 
-    degradation = {k: v for k, v in (("noise", args.noise), ("occlusion", args.occlusion), ("copies", args.copies)) if v is not None}
+    degradation = {
+        k: v
+        for k, v in (("noise", args.noise), ("occlusion", args.occlusion), ("copies", args.copies))
+        if v is not None
+    }
     counts = write_avmnist(args.out_dir, scale=args.scale, seed=args.seed, speech=args.speech, **degradation)
     print(json.dumps(counts))
 
@@ -140,7 +143,9 @@ def cmd_demo(args) -> None:
     sp_model = DEMO_RUNS / "tokenizer" / "sp.model"
     if not sp_model.is_file():
         print(f"[unimodal] training the text tokenizer: {sp_model}", flush=True)
-        train_text_tokenizer(shard_texts([str(p) for p in sorted((DEMO_DATA / "train").glob("*.tar"))]), sp_model.parent)
+        train_text_tokenizer(
+            shard_texts([str(p) for p in sorted((DEMO_DATA / "train").glob("*.tar"))]), sp_model.parent
+        )
     stages = run_curriculum(args.curriculum, args.nproc, args.set)
     final = stages[-1].recipe
     results = evaluate(final, load_model(final.train.output_dir))
@@ -161,34 +166,57 @@ def cmd_demo(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unimodal", description="Pretrain one Transformer on image, video, audio and text.")
+    p = argparse.ArgumentParser(
+        prog="unimodal", description="Pretrain one Transformer on image, video, audio and text."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def launch_options(q: argparse.ArgumentParser) -> None:
         q.add_argument("--nproc", type=int, default=2, help="ranks on this machine (default 2)")
-        q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. train.steps=40")
+        q.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help="override a recipe field, e.g. train.steps=40",
+        )
 
     def fresh_option(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--fresh", action="store_true",
-                       help="start over instead of resuming: an earlier run in the output directory is renamed OUT.TIMESTAMP, never deleted")
+        q.add_argument(
+            "--fresh",
+            action="store_true",
+            help="start over instead of resuming: an earlier run in the output directory is renamed OUT.TIMESTAMP, never deleted",
+        )
 
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     q = data.add_parser("demo", help="write the demo shards (digits as image, audio, video and text)")
     q.add_argument("out_dir", type=Path)
     q.add_argument("--scale", type=float, default=1.0, help="multiply the default sample counts")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--speech", action=argparse.BooleanOptionalAction, help="half the sounds espeak-ng speech, or DTMF tones only (default: speech where espeak-ng is installed)")
+    q.add_argument(
+        "--speech",
+        action=argparse.BooleanOptionalAction,
+        help="half the sounds espeak-ng speech, or DTMF tones only (default: speech where espeak-ng is installed)",
+    )
     q.set_defaults(func=cmd_data_demo)
-    q = data.add_parser("avmnist", help="write AV-MNIST-style pairs: a degraded digit scan and its sound (train only), for OS-MD")
+    q = data.add_parser(
+        "avmnist", help="write AV-MNIST-style pairs: a degraded digit scan and its sound (train only), for OS-MD"
+    )
     q.add_argument("out_dir", type=Path)
     q.add_argument("--scale", type=float, default=1.0, help="fraction of the scans used")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--noise", type=float, help="image noise std, a fraction of the pixel range (default 0: none)")
     q.add_argument("--occlusion", type=int, help="side of the black square hiding part of each scan, px (default 16)")
     q.add_argument("--copies", type=int, help="times each train scan is written, degraded afresh (default 2)")
-    q.add_argument("--speech", action=argparse.BooleanOptionalAction, help="half the sounds espeak-ng speech, or DTMF tones only (default: speech where espeak-ng is installed)")
+    q.add_argument(
+        "--speech",
+        action=argparse.BooleanOptionalAction,
+        help="half the sounds espeak-ng speech, or DTMF tones only (default: speech where espeak-ng is installed)",
+    )
     q.set_defaults(func=cmd_data_avmnist)
-    q = data.add_parser("shifted", help="write the demo's digit scans inverted and noisy, a new domain for recipes/adapt")
+    q = data.add_parser(
+        "shifted", help="write the demo's digit scans inverted and noisy, a new domain for recipes/adapt"
+    )
     q.add_argument("out_dir", type=Path)
     q.add_argument("--scale", type=float, default=1.0, help="fraction of the demo's scans")
     q.add_argument("--seed", type=int, default=0, help="the demo's seed: the same train/test split of the scans")
@@ -205,11 +233,19 @@ def parser() -> argparse.ArgumentParser:
     q = shards.add_parser("write", help="pack a JSONL manifest or a folder of files into WebDataset shards")
     source = q.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", type=Path, metavar="FILE", help="JSONL, a sample a line: {ext: file, txt: text}")
-    source.add_argument("--folder", type=Path, metavar="DIR", help="files sharing a path stem are a sample (a/1.jpg, a/1.txt)")
+    source.add_argument(
+        "--folder", type=Path, metavar="DIR", help="files sharing a path stem are a sample (a/1.jpg, a/1.txt)"
+    )
     q.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the shards and index.json")
-    q.add_argument("--prefix", default="shard", metavar="NAME", help="shard names: NAME-000000.tar, ... (default shard)")
-    q.add_argument("--max-count", type=int, default=10_000, metavar="N", help="samples per shard at most (default 10000)")
-    q.add_argument("--max-size", type=size_in_bytes, default="1G", metavar="BYTES", help="bytes per shard at most (default 1G)")
+    q.add_argument(
+        "--prefix", default="shard", metavar="NAME", help="shard names: NAME-000000.tar, ... (default shard)"
+    )
+    q.add_argument(
+        "--max-count", type=int, default=10_000, metavar="N", help="samples per shard at most (default 10000)"
+    )
+    q.add_argument(
+        "--max-size", type=size_in_bytes, default="1G", metavar="BYTES", help="bytes per shard at most (default 1G)"
+    )
     q.add_argument("--workers", type=int, default=1, metavar="K", help="shards written in parallel (default 1)")
     q.set_defaults(func=cmd_shards_write)
 
@@ -223,7 +259,9 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train", help="train one stage")
     q.add_argument("recipe")
     launch_options(q)
-    q.add_argument("--resume", action="store_true", help="the default: continue from the latest checkpoint, if there is one")
+    q.add_argument(
+        "--resume", action="store_true", help="the default: continue from the latest checkpoint, if there is one"
+    )
     fresh_option(q)
     q.set_defaults(func=cmd_train)
 
@@ -235,18 +273,39 @@ def parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("plan", help="per stage and dataset: size, target mix, samples and tokens per step, epochs")
     q.add_argument("recipe", help="a stage recipe, or a curriculum (every stage is planned)")
-    q.add_argument("--simulate", type=int, default=0, metavar="N", help="also draw N tasks from the real sampler: the achieved mix")
+    q.add_argument(
+        "--simulate", type=int, default=0, metavar="N", help="also draw N tasks from the real sampler: the achieved mix"
+    )
     q.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     q.add_argument("--nproc", type=int, default=2, help="ranks the stage will run on, all nodes together (default 2)")
-    q.add_argument("--probe", type=int, default=16, metavar="K", help="samples per dataset tokenized to measure lengths (default 16)")
-    q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. train.steps=40")
+    q.add_argument(
+        "--probe",
+        type=int,
+        default=16,
+        metavar="K",
+        help="samples per dataset tokenized to measure lengths (default 16)",
+    )
+    q.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. train.steps=40"
+    )
     q.set_defaults(func=cmd_plan)
 
     q = sub.add_parser("eval", help="each dataset's held-out metrics (data.datasets.N.metrics) on its eval_shards")
     q.add_argument("recipe")
-    q.add_argument("--checkpoint", required=True, type=Path, help="a stage's output dir or an exported model (holding model.safetensors)")
-    q.add_argument("--drop", action="append", default=[], choices=list(DECODABLE), metavar="MODALITY",
-                   help="leave this input modality out of every example (repeatable): missing-modality evaluation")
+    q.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="a stage's output dir or an exported model (holding model.safetensors)",
+    )
+    q.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        choices=list(DECODABLE),
+        metavar="MODALITY",
+        help="leave this input modality out of every example (repeatable): missing-modality evaluation",
+    )
     q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     q.add_argument("--json", help="also write the results here")
     q.set_defaults(func=cmd_eval)
@@ -257,7 +316,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--tag", help="the checkpoint to export, e.g. step00000100 (default: the one `latest` names)")
     q.set_defaults(func=cmd_export)
 
-    q = sub.add_parser("report", help="plot a run's metrics.jsonl (PNGs in RUN_DIR/plots) and summarise it (RUN_DIR/report.txt)")
+    q = sub.add_parser(
+        "report", help="plot a run's metrics.jsonl (PNGs in RUN_DIR/plots) and summarise it (RUN_DIR/report.txt)"
+    )
     q.add_argument("run", type=Path, help="a stage's output_dir")
     q.set_defaults(func=cmd_report)
 

@@ -48,7 +48,11 @@ MASK_RATIO = {"mlm": 0.15, "mim": 0.6}  # defaults: BERT's 15% of tokens, SimMIM
 # mim has none: a reconstruction error has no scale to read it on.
 Metric = Annotated[str, Field(pattern=r"^(exact_match|wer|bleu|accuracy|recall@[1-9][0-9]*)$")]
 OBJECTIVE_METRICS = {
-    "seq2seq": ("exact_match", "wer", "bleu"), "mlm": ("accuracy",), "mim": (), "contrastive": ("recall@K",), "itm": ("accuracy",)
+    "seq2seq": ("exact_match", "wer", "bleu"),
+    "mlm": ("accuracy",),
+    "mim": (),
+    "contrastive": ("recall@K",),
+    "itm": ("accuracy",),
 }
 DEFAULT_METRIC = {"seq2seq": "exact_match", "mlm": "accuracy", "itm": "accuracy", "contrastive": "recall@1"}
 
@@ -125,7 +129,9 @@ class DatasetConfig(Strict):
     def _objective_fits(self) -> DatasetConfig:
         o, patches = self.objective, [m for m in self.inputs if m != "text"]
         if o == "seq2seq" and self.target is None:
-            raise ValueError("target: objective seq2seq needs the text field the decoder writes, e.g. txt or json.caption")
+            raise ValueError(
+                "target: objective seq2seq needs the text field the decoder writes, e.g. txt or json.caption"
+            )
         if o != "seq2seq" and self.target is not None:
             raise ValueError(f"target: objective {o} has no decoder target; leave target out")
         if o == "mlm" and "text" not in self.inputs:
@@ -143,7 +149,9 @@ class DatasetConfig(Strict):
             self.objective_options = ObjectiveOptions(mask_ratio=MASK_RATIO[o])
         wrong = [m for m in self.metrics if not metric_fits(m, o)]
         if wrong:
-            raise ValueError(f"metrics: {', '.join(wrong)} not for objective {o} (it takes {', '.join(OBJECTIVE_METRICS[o]) or 'none'})")
+            raise ValueError(
+                f"metrics: {', '.join(wrong)} not for objective {o} (it takes {', '.join(OBJECTIVE_METRICS[o]) or 'none'})"
+            )
         if len(set(self.metrics)) < len(self.metrics):
             raise ValueError(f"metrics: {self.metrics} names one twice")
         if not self.metrics and o in DEFAULT_METRIC:  # written out too
@@ -158,14 +166,20 @@ class DatasetConfig(Strict):
                 raise ValueError("distill: only for datasets with privileged inputs")
             return self
         if self.objective != "seq2seq":
-            raise ValueError(f"privileged: only for objective seq2seq (the decoder fuses the features), not {self.objective}")
+            raise ValueError(
+                f"privileged: only for objective seq2seq (the decoder fuses the features), not {self.objective}"
+            )
         unknown = [m for m in p if m not in self.inputs]
         if unknown:
-            raise ValueError(f"privileged: {', '.join(unknown)} not among the dataset's inputs ({', '.join(self.inputs)})")
+            raise ValueError(
+                f"privileged: {', '.join(unknown)} not among the dataset's inputs ({', '.join(self.inputs)})"
+            )
         if len(set(p)) != len(p):
             raise ValueError(f"privileged: {p} names one twice")
         if not self.ordinary_inputs:
-            raise ValueError("privileged: every input is privileged; at least one ordinary input must remain for test time")
+            raise ValueError(
+                "privileged: every input is privileged; at least one ordinary input must remain for test time"
+            )
         return self
 
     @property
@@ -273,7 +287,9 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _rows_fit(self) -> DataConfig:
         if self.pack_length is not None and self.pack_length >= self.batch_tokens:
-            raise ValueError(f"pack_length {self.pack_length} must be below batch_tokens {self.batch_tokens}: a row must fit a batch")
+            raise ValueError(
+                f"pack_length {self.pack_length} must be below batch_tokens {self.batch_tokens}: a row must fit a batch"
+            )
         return self
 
     @model_validator(mode="after")
@@ -379,13 +395,26 @@ class ModelSection(Strict):
     @model_validator(mode="after")
     def _flex_has_no_attention_dropout(self) -> ModelSection:
         if self.attention == "flex" and self.overrides.get("attention_dropout"):
-            raise ValueError("model.attention: flex has no attention dropout; drop model.overrides.attention_dropout or use sdpa")
+            raise ValueError(
+                "model.attention: flex has no attention dropout; drop model.overrides.attention_dropout or use sdpa"
+            )
         return self
 
 
 # The model's parts by attribute name (unimodal/model/unified.py); lm_head is tok_emb's weight, tied.
 Module = Literal[
-    "tok_emb", "stems", "mod_emb", "enc_pos", "dec_pos", "encoder", "decoder", "mask_emb", "mim", "contrastive", "itm", "adapter"
+    "tok_emb",
+    "stems",
+    "mod_emb",
+    "enc_pos",
+    "dec_pos",
+    "encoder",
+    "decoder",
+    "mask_emb",
+    "mim",
+    "contrastive",
+    "itm",
+    "adapter",
 ]
 MODULES: tuple[str, ...] = get_args(Module)
 
@@ -422,7 +451,9 @@ class LoggingConfig(Strict):
     every: int = Field(10, gt=0)
     wandb: WandbConfig = WandbConfig()
     tensorboard: bool = False  # also write every record as scalars to output_dir/tensorboard
-    sample_log: bool = False  # every rank writes the keys it trains on to output_dir/samples (unimodal/train/sample_log.py)
+    sample_log: bool = (
+        False  # every rank writes the keys it trains on to output_dir/samples (unimodal/train/sample_log.py)
+    )
 
 
 class Recipe(Strict):
@@ -449,14 +480,18 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _trainable_exists(self) -> Recipe:
         if "adapter" in (self.train.trainable or []) and self.model.adapter is None:
-            raise ValueError("train.trainable: names adapter, but model.adapter is not set (e.g. model.adapter: {dim: 64})")
+            raise ValueError(
+                "train.trainable: names adapter, but model.adapter is not set (e.g. model.adapter: {dim: 64})"
+            )
         return self
 
     @model_validator(mode="after")
     def _seq2seq_needs_a_decoder(self) -> Recipe:
         seq2seq = [d.name for d in self.data.datasets if d.objective == "seq2seq"]
         if seq2seq and self.model.overrides.get("dec_layers") == 0:
-            raise ValueError(f"model.overrides.dec_layers: 0 leaves no decoder for the seq2seq datasets {', '.join(seq2seq)}")
+            raise ValueError(
+                f"model.overrides.dec_layers: 0 leaves no decoder for the seq2seq datasets {', '.join(seq2seq)}"
+            )
         return self
 
 

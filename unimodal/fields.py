@@ -31,12 +31,11 @@ def extension(field: str) -> str:
 
 def check_field(field: str, modality: str) -> None:
     """Raise ValueError if `field` cannot be decoded as `modality`."""
-    name, path = split_field(field)
+    path = split_field(field)[1]
     ext = extension(field)
     if ext not in DECODABLE[modality]:
         raise ValueError(
-            f"field {field!r} has no {modality} decoder "
-            f"({modality} reads: {', '.join(DECODABLE[modality])})"
+            f"field {field!r} has no {modality} decoder ({modality} reads: {', '.join(DECODABLE[modality])})"
         )
     if ext == "json" and not path:
         raise ValueError(f"field {field!r}: a json field needs a path, e.g. json.caption")

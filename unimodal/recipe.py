@@ -88,9 +88,7 @@ def check_recipe_files(recipe: Recipe, path: str | Path) -> None:
                 continue
             for url in expand_shards(spec):
                 if not url.startswith(REMOTE_PREFIXES) and not Path(url).is_file():
-                    raise RecipeError(
-                        f"{path}: data.datasets.{i}.{field} ({ds.name}): shard not found: {url}"
-                    )
+                    raise RecipeError(f"{path}: data.datasets.{i}.{field} ({ds.name}): shard not found: {url}")
     if recipe.data.sampling.temperature is not None:
         for i, ds in enumerate(recipe.data.datasets):
             if shard_samples(expand_shards(ds.shards)) is None:

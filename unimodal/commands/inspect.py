@@ -28,8 +28,8 @@ from typing import Any
 
 from unimodal.config import REMOTE_PREFIXES, TokenizerConfig, expand_shards
 from unimodal.data.decode import BadSample, decode_field
-from unimodal.fields import PICKLED, modality_of, suffix
 from unimodal.data.stream import BrokenShard, read_shard
+from unimodal.fields import PICKLED, modality_of, suffix
 
 EXAMPLES = 20
 DEFAULTS = TokenizerConfig(text=Path("unused"))  # the decoders read only its image, audio and video settings

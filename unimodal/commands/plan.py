@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 
 from unimodal.config import Recipe, RecipeError, expand_shards
-
-from unimodal.recipe import load_recipe, read_yaml
 from unimodal.data.balance import MixPolicy, dataset_sizes
 from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.mixing import cumulative, slot_sampler
 from unimodal.data.packing import fill_batch
 from unimodal.data.stream import BrokenShard, read_shard
+from unimodal.recipe import load_recipe, read_yaml
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 
 TARGET_POINTS = 10_000  # steps the target mix is averaged over, evenly spread over the stage
@@ -52,7 +51,9 @@ def stage_recipes(path: str | Path, nproc: int, overrides: list[str] = ()) -> li
     from unimodal.train.resume import should_resume  # imports deepspeed: only when needed
 
     recipe = load_recipe(path, overrides)
-    should_resume(recipe, str(path))  # a checkpoint of another recipe in its output directory is refused, as training would
+    should_resume(
+        recipe, str(path)
+    )  # a checkpoint of another recipe in its output directory is refused, as training would
     return [(path, recipe)]
 
 
@@ -87,7 +88,9 @@ def spread(total: int, points: int) -> np.ndarray:
     return np.arange(points) * total // points
 
 
-def per_batch(recipe: Recipe, policy: MixPolicy, lengths: list[list[Lengths]], batches: int) -> tuple[np.ndarray, np.ndarray]:
+def per_batch(
+    recipe: Recipe, policy: MixPolicy, lengths: list[list[Lengths]], batches: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Samples and tokens (encoder + decoder, no padding) per loader batch, per dataset."""
     n = len(lengths)
     sampler = slot_sampler(recipe.seed, 0, 0)
@@ -125,7 +128,9 @@ def simulate(recipe: Recipe, policy: MixPolicy, draws: int, nproc: int) -> np.nd
     return counts / draws
 
 
-def plan_stage(path: Path, recipe: Recipe, nproc: int, accumulation: int, probe: int, batches: int, draws: int) -> dict[str, Any]:
+def plan_stage(
+    path: Path, recipe: Recipe, nproc: int, accumulation: int, probe: int, batches: int, draws: int
+) -> dict[str, Any]:
     policy = MixPolicy(recipe)
     steps = recipe.train.steps
     target = np.mean([policy.target(int(s)) for s in spread(steps, min(steps, TARGET_POINTS))], axis=0)
@@ -158,7 +163,9 @@ def plan_stage(path: Path, recipe: Recipe, nproc: int, accumulation: int, probe:
     }
 
 
-def plan(path: str | Path, nproc: int, overrides: list[str] = (), draws: int = 0, probe: int = 16, batches: int = 200) -> dict[str, Any]:
+def plan(
+    path: str | Path, nproc: int, overrides: list[str] = (), draws: int = 0, probe: int = 16, batches: int = 200
+) -> dict[str, Any]:
     """{"stages": [{"name", "datasets": {name: {"target", "achieved" (if draws), "epochs", ...}}, ...}]}."""
     from unimodal.train.engine import deepspeed_config  # imports deepspeed: only when needed
 
@@ -184,18 +191,28 @@ def format_plan(report: dict[str, Any]) -> str:
             f"{st['strategy']} mix, ~{st['samples_per_step']:.1f} samples per step"
         )
         simulated = any("achieved" in r for r in st["datasets"].values())
-        head = ["dataset", "size", "target"] + (["achieved"] if simulated else []) + ["samples/step", "tokens/sample", "epochs", "tokens"]
+        head = (
+            ["dataset", "size", "target"]
+            + (["achieved"] if simulated else [])
+            + ["samples/step", "tokens/sample", "epochs", "tokens"]
+        )
         rows = [head]
         for name, r in st["datasets"].items():
             rows.append(
                 [name, "?" if r["size"] is None else str(r["size"]), f"{r['target']:.4f}"]
                 + ([f"{r['achieved']:.4f}"] if simulated else [])
-                + [f"{r['samples_per_step']:.2f}", f"{r['tokens_per_sample']:.1f}",
-                   "?" if r["epochs"] is None else f"{r['epochs']:.2f}", _si(r["tokens"])]
+                + [
+                    f"{r['samples_per_step']:.2f}",
+                    f"{r['tokens_per_sample']:.1f}",
+                    "?" if r["epochs"] is None else f"{r['epochs']:.2f}",
+                    _si(r["tokens"]),
+                ]
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         for row in rows:
-            lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+            lines.append(
+                "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            )
         lines.append("")
     lines.append(f"estimates: {report['estimate']}")
     if any(r["size"] is None for st in report["stages"] for r in st["datasets"].values()):

@@ -28,7 +28,6 @@ from unimodal.config import DatasetConfig, TokenizerConfig, VideoTokens
 from unimodal.example import Example
 from unimodal.fields import extension, split_field
 
-
 JPEG_MAGIC = b"\xff\xd8\xff"  # start of image, then the first marker
 
 
@@ -197,7 +196,9 @@ def decode_field(raw: dict[str, Any], field: str, modality: str, tok: TokenizerC
         raise BadSample(f"undecodable {extension(field)}", repr(err)[:200]) from None
 
 
-def decode_example(raw: dict[str, Any], index: int, ds: DatasetConfig, tok: TokenizerConfig, training: bool = True) -> Example:
+def decode_example(
+    raw: dict[str, Any], index: int, ds: DatasetConfig, tok: TokenizerConfig, training: bool = True
+) -> Example:
     """Outside `training` a dataset's privileged inputs (OS-MD) are left out: held-out data need not hold them."""
     inputs = {m: decode_field(raw, field, m, tok) for m, field in ds.decoded_inputs(training).items()}
     target = decode_field(raw, ds.target, "text", tok) if ds.target is not None else None

@@ -38,7 +38,9 @@ def write_index(directory: str | Path, entries: list[dict[str, Any]]) -> Path:
     """
     directory = Path(directory)
     shards = {name: e for name, e in read_index(directory).items() if (directory / name).is_file()}
-    shards.update({e["name"]: {"name": e["name"], "samples": int(e["samples"]), "bytes": int(e["bytes"])} for e in entries})
+    shards.update(
+        {e["name"]: {"name": e["name"], "samples": int(e["samples"]), "bytes": int(e["bytes"])} for e in entries}
+    )
     ordered = [shards[name] for name in sorted(shards)]
     data = {
         "shards": ordered,

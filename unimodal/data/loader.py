@@ -24,13 +24,12 @@ import logging
 from collections import Counter
 from typing import Any
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from unimodal.config import DatasetConfig, Recipe, expand_shards
-from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.balance import MixBoard, MixPolicy
+from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.mixing import cumulative, slot_sampler
 from unimodal.data.packing import fill_batch
 from unimodal.data.stream import ShardStream, stream_seed

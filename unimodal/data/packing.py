@@ -72,7 +72,9 @@ class RowPacker:
 Item = tuple[int, Any, TokenSequence]  # (dataset, raw sample, tokens): only the tokens' lengths count here
 
 
-def fill_batch(next_item: Callable[[], Item], pending: list[Item], budget: int, pack_length: int | None) -> tuple[RowPacker, list[Item]]:
+def fill_batch(
+    next_item: Callable[[], Item], pending: list[Item], budget: int, pack_length: int | None
+) -> tuple[RowPacker, list[Item]]:
     """One batch of at most `budget` tokens from `next_item()`, first fit into rows.
 
     An item that does not fit is set aside; once `pending` (not yet taken by

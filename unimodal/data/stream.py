@@ -204,4 +204,3 @@ def eval_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
     """Held-out samples: every shard once, in order; a broken shard raises."""
     for url in urls:
         yield from read_shard(url)
-

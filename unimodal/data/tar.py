@@ -28,8 +28,19 @@ from typing import BinaryIO
 BLOCK = 512
 CHUNK = 1 << 24  # larger members are read in pieces: a hostile size cannot make one huge allocation
 REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file
-NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directory, fifo: any size field is not followed by data
-COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)), (b"BZh", bz2.BZ2File), (b"\xfd7zXZ\x00", lzma.LZMAFile))
+NO_DATA = (
+    b"1",
+    b"2",
+    b"3",
+    b"4",
+    b"5",
+    b"6",
+)  # links, devices, directory, fifo: any size field is not followed by data
+COMPRESSED = (
+    (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
 
 
 class TarError(Exception):
@@ -144,7 +155,9 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             name = long_name
             if name is None:
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                prefix = header[345:500].split(b"\0", 1)[0] if header[257:263] == b"ustar\0" else b""  # GNU headers have none
+                prefix = (
+                    header[345:500].split(b"\0", 1)[0] if header[257:263] == b"ustar\0" else b""
+                )  # GNU headers have none
                 if prefix:
                     name = prefix.decode("utf-8", "surrogateescape") + "/" + name
             long_name = None

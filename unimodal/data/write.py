@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unimodal.fields import PICKLED, suffix
 from unimodal.data.index import write_index
+from unimodal.fields import PICKLED, suffix
 
 INLINE_TEXT = ("txt", "cls")  # manifest values of these are the text itself
 FIELD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")

@@ -33,7 +33,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unimodal.demo.mixture import IMAGE_SIZE, TRAIN_SHARDS, WORDS, digit_scans, digit_sound, png, upscale, use_speech, write_shards
+from unimodal.demo.mixture import (
+    IMAGE_SIZE,
+    TRAIN_SHARDS,
+    WORDS,
+    digit_scans,
+    digit_sound,
+    png,
+    upscale,
+    use_speech,
+    write_shards,
+)
 
 PREFIX = "avmnist"
 # Defaults: the tiny model's image-only accuracy about 0.5 (bench/RESULTS.md, OS-MD). Noise costs it far more than
@@ -93,6 +103,8 @@ def write_avmnist(
         rng = np.random.default_rng([seed, split_id, 7])
         n_copies = copies if train else 1
         samples = paired_samples(scans[:n], labels[:n], rng, n_copies, train, noise, occlusion, speech)
-        counts[split] = write_shards(out_dir / split, PREFIX, split, samples, n * n_copies, TRAIN_SHARDS if train else 1)
+        counts[split] = write_shards(
+            out_dir / split, PREFIX, split, samples, n * n_copies, TRAIN_SHARDS if train else 1
+        )
     (out_dir / "index.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts

@@ -45,9 +45,15 @@ from unimodal.data.index import write_index
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DTMF_HZ = {  # (row, column) tone of each key on a telephone keypad
-    1: (697, 1209), 2: (697, 1336), 3: (697, 1477),
-    4: (770, 1209), 5: (770, 1336), 6: (770, 1477),
-    7: (852, 1209), 8: (852, 1336), 9: (852, 1477),
+    1: (697, 1209),
+    2: (697, 1336),
+    3: (697, 1477),
+    4: (770, 1209),
+    5: (770, 1336),
+    6: (770, 1477),
+    7: (852, 1209),
+    8: (852, 1336),
+    9: (852, 1477),
     0: (941, 1336),
 }
 SAMPLE_RATE = 16_000  # audio clips are exactly 1 s at this rate
@@ -108,7 +114,9 @@ def use_speech(speech: bool | None) -> bool:
     same bytes on every machine."""
     installed = shutil.which("espeak-ng") is not None
     if speech and not installed:
-        raise FileNotFoundError("speech=True needs espeak-ng on PATH (apt-get install espeak-ng); speech=False writes DTMF tones only")
+        raise FileNotFoundError(
+            "speech=True needs espeak-ng on PATH (apt-get install espeak-ng); speech=False writes DTMF tones only"
+        )
     return installed if speech is None else speech
 
 
@@ -122,9 +130,7 @@ def digit_scans(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {split: (scans[i], digits.target[i]) for split, i in ids.items()}
 
 
-def write_shards(
-    directory: Path, modality: str, split: str, samples, total: int, shards: int
-) -> int:
+def write_shards(directory: Path, modality: str, split: str, samples, total: int, shards: int) -> int:
     """Spread `total` samples evenly over `shards` tars named <modality>-%06d.tar, indexed."""
     directory.mkdir(parents=True, exist_ok=True)
     pattern = str(directory / f"{modality}-%06d.tar")
@@ -136,10 +142,13 @@ def write_shards(
             sink.write({"__key__": f"{modality}-{split}-{written:06d}", **sample})
             written += 1
     names = [Path(pattern % i) for i in range(math.ceil(written / per_shard))]
-    write_index(directory, [
-        {"name": p.name, "samples": min(per_shard, written - i * per_shard), "bytes": p.stat().st_size}
-        for i, p in enumerate(names)
-    ])
+    write_index(
+        directory,
+        [
+            {"name": p.name, "samples": min(per_shard, written - i * per_shard), "bytes": p.stat().st_size}
+            for i, p in enumerate(names)
+        ],
+    )
     return written
 
 
@@ -273,4 +282,3 @@ def text_samples(n: int, rng: np.random.Generator):
         digits = rng.integers(0, 10, size=rng.integers(1, 5))
         numerals = "".join(map(str, digits))
         yield {"txt": " ".join(WORDS[d] for d in digits), "json": {"numerals": numerals}}
-

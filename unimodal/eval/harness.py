@@ -31,7 +31,11 @@ from unimodal.tokenize.objectives import pair_negatives
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID
 
-TEXT_METRICS: dict[str, Callable[[list[str], list[str]], float]] = {"exact_match": exact_match, "wer": word_error_rate, "bleu": bleu}
+TEXT_METRICS: dict[str, Callable[[list[str], list[str]], float]] = {
+    "exact_match": exact_match,
+    "wer": word_error_rate,
+    "bleu": bleu,
+}
 
 
 def load_model(weights_dir: str | Path) -> UnifiedModel:
@@ -44,7 +48,9 @@ def load_model(weights_dir: str | Path) -> UnifiedModel:
 
 def without(ds: DatasetConfig, drop: Collection[str]) -> DatasetConfig:
     """`ds` with the `drop`ped input modalities left out, validated again (contrastive still needs two inputs, ...)."""
-    kept = {m: field for m, field in ds.inputs.items() if m not in drop or m in ds.privileged}  # privileged: never read here
+    kept = {
+        m: field for m, field in ds.inputs.items() if m not in drop or m in ds.privileged
+    }  # privileged: never read here
     if kept == ds.inputs:
         return ds
     where = f"--drop {' --drop '.join(drop)}: dataset {ds.name}"
@@ -53,15 +59,19 @@ def without(ds: DatasetConfig, drop: Collection[str]) -> DatasetConfig:
     try:
         return DatasetConfig.model_validate(ds.model_dump() | {"inputs": kept})
     except ValidationError as err:
-        raise RecipeError(f"{where} cannot be evaluated without {', '.join(sorted(set(ds.inputs) - set(kept)))}: "
-                          + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+        raise RecipeError(
+            f"{where} cannot be evaluated without {', '.join(sorted(set(ds.inputs) - set(kept)))}: "
+            + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        ) from None
 
 
 def scored(ds: DatasetConfig) -> bool:
     return ds.eval_shards is not None and bool(ds.metrics)
 
 
-def _examples(recipe: Recipe, d: int, ds: DatasetConfig, tokenizer: MultimodalTokenizer, counts: dict[str, int]) -> Iterator:
+def _examples(
+    recipe: Recipe, d: int, ds: DatasetConfig, tokenizer: MultimodalTokenizer, counts: dict[str, int]
+) -> Iterator:
     """(token sequence, reference text) for each decodable held-out sample of dataset `d`."""
     for raw in eval_samples(expand_shards(ds.eval_shards)):
         try:
@@ -80,7 +90,9 @@ def _batches(examples: Iterator, tokenizer: MultimodalTokenizer, batch_size: int
         yield collate_rows(pair_negatives([[s] for s in seqs]), tokenizer.patch_dims, BOS_ID), refs
 
 
-def score(ds: DatasetConfig, model: UnifiedModel, batches: Batches, tokenizer: MultimodalTokenizer, max_new_tokens: int) -> dict[str, float]:
+def score(
+    ds: DatasetConfig, model: UnifiedModel, batches: Batches, tokenizer: MultimodalTokenizer, max_new_tokens: int
+) -> dict[str, float]:
     """{metric: value} for the metrics `ds` names, from one pass of the model over its batches."""
     if ds.objective == "seq2seq":
         hypotheses, references = generated_texts(model, batches, tokenizer.text, max_new_tokens)

@@ -22,7 +22,9 @@ from unimodal.tokenize.text import BOS_ID, EOS_ID, TextTokenizer
 Batches = Iterable[tuple[dict[str, torch.Tensor], tuple]]
 
 
-def generated_texts(model: UnifiedModel, batches: Batches, text: TextTokenizer, max_new_tokens: int) -> tuple[list[str], list[str]]:
+def generated_texts(
+    model: UnifiedModel, batches: Batches, text: TextTokenizer, max_new_tokens: int
+) -> tuple[list[str], list[str]]:
     hypotheses, references = [], []
     for batch, refs in batches:
         ids = model.generate(batch, BOS_ID, EOS_ID, max_new_tokens)

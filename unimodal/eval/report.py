@@ -28,7 +28,14 @@ def format_table(results: dict[str, dict]) -> str:
     rows = [header + ("dropped",) * dropped]
     for name, r in results.items():
         for metric, value in r["metrics"].items():
-            cells = (name, r["modality"], r["task"], metric, f"{value:.2f}" if metric == "bleu" else f"{value:.3f}", str(r["samples"]))
+            cells = (
+                name,
+                r["modality"],
+                r["task"],
+                metric,
+                f"{value:.2f}" if metric == "bleu" else f"{value:.3f}",
+                str(r["samples"]),
+            )
             rows.append(cells + (",".join(r["dropped"]) or "-",) * dropped)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -61,8 +68,13 @@ def _wandb_summary(run_dir: Path, recipe: Recipe, record: dict) -> list[str]:
         return []
     os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(
-        project=cfg.project, entity=cfg.entity, name=recipe.name, id=runs[-1].name.rsplit("-", 1)[1],
-        resume="allow", mode=wandb_mode(cfg.mode), dir=str(run_dir),
+        project=cfg.project,
+        entity=cfg.entity,
+        name=recipe.name,
+        id=runs[-1].name.rsplit("-", 1)[1],
+        resume="allow",
+        mode=wandb_mode(cfg.mode),
+        dir=str(run_dir),
     )
     run.summary.update({k: v for k, v in record.items() if k != "step"})
     run.finish()

@@ -61,13 +61,13 @@ class ModelConfig(BaseModel):
         if set(self.patch_dims) != set(PATCH_MODALITIES):
             raise ValueError(f"patch_dims keys must be {PATCH_MODALITIES}, got {sorted(self.patch_dims)}")
         if self.attention == "flex" and self.attention_dropout:
-            raise ValueError(f"attention: flex has no attention dropout; attention_dropout is {self.attention_dropout} (use sdpa)")
+            raise ValueError(
+                f"attention: flex has no attention dropout; attention_dropout is {self.attention_dropout} (use sdpa)"
+            )
         return self
 
     @classmethod
-    def from_preset(
-        cls, name: str, vocab_size: int, patch_dims: dict[str, int], **overrides
-    ) -> ModelConfig:
+    def from_preset(cls, name: str, vocab_size: int, patch_dims: dict[str, int], **overrides) -> ModelConfig:
         """A preset's dims plus the tokenizer's sizes; overrides win over both."""
         fields = {**PRESETS[name], "vocab_size": vocab_size, "patch_dims": patch_dims}
         return cls(**{**fields, **overrides})

@@ -69,15 +69,21 @@ class DistillPlan:
         return tuple(t.to(dataset.device)[dataset] for t in (self.student, self.teacher, self.weight))
 
 
-def sample_means(memory: torch.Tensor, at: torch.Tensor, sample: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_means(
+    memory: torch.Tensor, at: torch.Tensor, sample: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean encoder state [N, d] (fp32) of each sample's tokens where `at` [B, L], and their counts [N]."""
     slot = torch.where(at, sample, n).flatten()
-    sums = memory.new_zeros(n + 1, memory.shape[-1], dtype=torch.float32).index_add_(0, slot, memory.flatten(0, 1).float())
+    sums = memory.new_zeros(n + 1, memory.shape[-1], dtype=torch.float32).index_add_(
+        0, slot, memory.flatten(0, 1).float()
+    )
     counts = torch.zeros(n + 1, device=memory.device).index_add_(0, slot, torch.ones_like(slot, dtype=torch.float32))
     return sums[:n] / counts[:n].clamp(min=1).unsqueeze(-1), counts[:n]
 
 
-def distillation(memory: torch.Tensor, batch: dict, hallucinated: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def distillation(
+    memory: torch.Tensor, batch: dict, hallucinated: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """weight x (1 - cos) of each sample's mean hallucinated and (detached) privileged feature [N], and its owner [N]."""
     n, sample = len(weight), batch["enc_sample"]
     fake, n_fake = sample_means(memory, hallucinated, sample, n)

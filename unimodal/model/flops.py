@@ -53,7 +53,9 @@ def decoder_flops(cfg: ModelConfig, dec_len: int, enc_len: int) -> int:
     if not t:
         return 0
     dense = int((8 + 4 * cfg.mlp_ratio) * d * d)
-    return cfg.dec_layers * (t * dense + 4 * t * t * d + 4 * d * d * (t + e) + 4 * t * e * d) + 2 * t * d * cfg.vocab_size
+    return (
+        cfg.dec_layers * (t * dense + 4 * t * t * d + 4 * d * d * (t + e) + 4 * t * e * d) + 2 * t * d * cfg.vocab_size
+    )
 
 
 def forward_flops(cfg: ModelConfig, enc_len: int, dec_len: int, patches: dict[str, int]) -> int:

@@ -54,7 +54,9 @@ class Attention(nn.Module):
         if isinstance(mask, BlockMask):
             y = FLEX["cpu" if q.device.type == "cpu" else "cuda"](q, k, v, block_mask=mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
 
@@ -182,7 +184,11 @@ def block_mask(query_sample: torch.Tensor, key_sample: torch.Tensor, causal: boo
 
 
 def attention_mask(
-    query_sample: torch.Tensor, key_sample: torch.Tensor, causal: bool = False, kind: AttentionKind = "sdpa", block: int = 128
+    query_sample: torch.Tensor,
+    key_sample: torch.Tensor,
+    causal: bool = False,
+    kind: AttentionKind = "sdpa",
+    block: int = 128,
 ) -> Mask:
     """The mask of `kind`: a token attends to the tokens of its own sample (earlier ones if causal).
 

@@ -49,7 +49,9 @@ def slot_means(memory: torch.Tensor, slot: torch.Tensor, n_slots: int) -> tuple[
     slot = torch.where(slot >= 0, slot, n_slots).flatten()  # padding into a spare slot
     sums = memory.new_zeros(n_slots + 1, memory.shape[-1], dtype=torch.float32)
     sums.index_add_(0, slot, memory.flatten(0, 1).float())
-    counts = torch.zeros(n_slots + 1, device=memory.device).index_add_(0, slot, torch.ones_like(slot, dtype=torch.float32))
+    counts = torch.zeros(n_slots + 1, device=memory.device).index_add_(
+        0, slot, torch.ones_like(slot, dtype=torch.float32)
+    )
     return sums[:n_slots] / counts[:n_slots].clamp(min=1).unsqueeze(-1), counts[:n_slots]
 
 
@@ -125,8 +127,10 @@ class UnifiedModel(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         # LayerNorm first: raw pixels, mel bins and video patches live on different scales.
         self.stems = nn.ModuleDict(
-            {m: nn.Sequential(nn.LayerNorm(cfg.patch_dims[m]), nn.Linear(cfg.patch_dims[m], d))
-             for m in PATCH_MODALITIES}
+            {
+                m: nn.Sequential(nn.LayerNorm(cfg.patch_dims[m]), nn.Linear(cfg.patch_dims[m], d))
+                for m in PATCH_MODALITIES
+            }
         )
         self.mod_emb = nn.Embedding(len(MODALITIES), d)
         self.enc_pos = nn.Embedding(cfg.max_positions, d)
@@ -198,7 +202,9 @@ class UnifiedModel(nn.Module):
             dec_sample = enc_sample[:, :1].expand(-1, dec_in.shape[1])
             dec_positions = torch.arange(dec_in.shape[1], device=dec_in.device)
         x = self.drop(self.tok_emb(dec_in) + self.dec_pos(dec_positions))
-        return self.decoder(x, self.mask(dec_sample, dec_sample, causal=True), memory, self.mask(dec_sample, enc_sample))
+        return self.decoder(
+            x, self.mask(dec_sample, dec_sample, causal=True), memory, self.mask(dec_sample, enc_sample)
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every objective's loss on its own samples (see `losses.py`):
@@ -224,8 +230,12 @@ class UnifiedModel(nn.Module):
         """seq2seq (decoder states) and mlm (masked text tokens' encoder states): one pass through the tied LM head."""
         enc_sample = batch["enc_sample"]
         dec, span = decoder_inputs(batch)
-        read = torch.where(batch["enc_view"] == 0, enc_sample, -1)  # view 1 of a seq2seq sample: privileged, training only
-        states = self.decoder_states(dec["dec_in"], memory[:, :span], read[:, :span], dec["dec_sample"], dec["dec_positions"])
+        read = torch.where(
+            batch["enc_view"] == 0, enc_sample, -1
+        )  # view 1 of a seq2seq sample: privileged, training only
+        states = self.decoder_states(
+            dec["dec_in"], memory[:, :span], read[:, :span], dec["dec_sample"], dec["dec_positions"]
+        )
         at = items["mlm"]
         labels = torch.cat([dec["dec_out"].flatten(), batch["enc_ids"].flatten()[at]])
         owner = torch.cat([dec["dec_sample"].flatten(), enc_sample.flatten()[at]])
@@ -248,7 +258,9 @@ class UnifiedModel(nn.Module):
         read = torch.where(items["hallucinated"], -1, batch["enc_sample"])[:, :span]
         states = self.decoder_states(dec["dec_in"], memory[:, :span], read, queries, dec["dec_positions"])
         labels = dec["dec_out"].flatten()
-        ce = F.cross_entropy(self.lm_head(states.flatten(0, 1)).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        ce = F.cross_entropy(
+            self.lm_head(states.flatten(0, 1)).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         terms.add(ce, owner)
         terms.add(*distillation(memory, batch, items["hallucinated"], weight))
 
@@ -277,9 +289,7 @@ class UnifiedModel(nn.Module):
         return self.contrastive.embed(self.adapter(pool_views(memory, batch)[0]))
 
     @torch.no_grad()
-    def generate(
-        self, batch: dict[str, torch.Tensor], bos_id: int, eos_id: int, max_new_tokens: int
-    ) -> torch.Tensor:
+    def generate(self, batch: dict[str, torch.Tensor], bos_id: int, eos_id: int, max_new_tokens: int) -> torch.Tensor:
         """Greedy decoding: long [B, <= max_new_tokens], BOS excluded, EOS included,
         0 (the pad id) after a row's EOS. Stops once every row has emitted EOS.
 

@@ -16,7 +16,6 @@ from unimodal.tokenize.patches import AudioPatcher, ImagePatcher, VideoPatcher
 from unimodal.tokenize.sequence import Segment, TokenSequence
 from unimodal.tokenize.text import EOS_ID, TextTokenizer
 
-
 NO_TARGET = torch.zeros(0, dtype=torch.long)  # shared, never written to: objectives other than seq2seq
 
 
@@ -59,7 +58,9 @@ class MultimodalTokenizer:
         ordinary = [s for s in inputs if s.modality not in ds.privileged]
         segments = lay_out(ds.objective, prompt, ordinary, ds.objective_options.mask_ratio, seed)
         if ds.privileged:  # absent from held-out samples: then only the hallucination tokens stand in for them
-            segments = with_privileged(segments, [s for s in inputs if s.modality in ds.privileged], self.slots[ex.dataset])
+            segments = with_privileged(
+                segments, [s for s in inputs if s.modality in ds.privileged], self.slots[ex.dataset]
+            )
         target = NO_TARGET
         if ex.target is not None:
             # at most max_text_tokens - 1 ids, then EOS (as `_ids` counts: a limit of 0 means no limit)

@@ -46,7 +46,9 @@ def random_mask(n: int, ratio: float, gen: torch.Generator) -> torch.Tensor:
     return mask
 
 
-def lay_out(objective: str, prompt: Segment, inputs: list[Segment], mask_ratio: float | None, seed: int) -> list[Segment]:
+def lay_out(
+    objective: str, prompt: Segment, inputs: list[Segment], mask_ratio: float | None, seed: int
+) -> list[Segment]:
     """The encoder segments of one sample (inputs in recipe order), views and masks set; `seed` seeds the masks."""
     if objective == "contrastive":
         first, second = inputs

@@ -67,7 +67,7 @@ class AudioPatcher:
         self.mel_scale = torchaudio.transforms.MelScale(
             n_mels=cfg.n_mels, sample_rate=cfg.sample_rate, f_max=cfg.f_max, n_stft=cfg.n_fft // 2 + 1
         )
-        self.samples = int(round(cfg.seconds * cfg.sample_rate))
+        self.samples = round(cfg.seconds * cfg.sample_rate)
 
     def mel(self, wave: torch.Tensor) -> torch.Tensor:
         """Mel power spectrogram [n_mels, frames]."""

@@ -106,9 +106,7 @@ def _view_lengths(seqs: list[TokenSequence]) -> np.ndarray:
     return np.array(lengths, dtype=np.int64)
 
 
-def collate(
-    seqs: list[TokenSequence], patch_dims: dict[str, int], bos_id: int
-) -> dict[str, torch.Tensor]:
+def collate(seqs: list[TokenSequence], patch_dims: dict[str, int], bos_id: int) -> dict[str, torch.Tensor]:
     """Pad a list of sequences into the batch layout above, one sample a row."""
     return collate_rows([[s] for s in seqs], patch_dims, bos_id)
 
@@ -169,7 +167,9 @@ def collate_rows(
         enc_view[enc_mask] = np.repeat(views, runs)
     enc_masked = np.zeros((b, enc_len), dtype=bool)
     if any(m is not None for m in masked):
-        enc_masked[enc_mask] = np.concatenate([np.zeros(n, dtype=bool) if m is None else m.numpy() for m, n in zip(masked, runs)])
+        enc_masked[enc_mask] = np.concatenate(
+            [np.zeros(n, dtype=bool) if m is None else m.numpy() for m, n in zip(masked, runs)]
+        )
 
     dec_mask = np.arange(dec_len) < dec_row[:, None]
     targets = [s.target.numpy() for s in seqs if s.dec_len]  # seq2seq samples only

@@ -21,14 +21,12 @@ from types import TracebackType
 import torch.distributed as dist
 
 from unimodal.config import RecipeError
-
-from unimodal.recipe import load_recipe
 from unimodal.data.loader import TooManyBadSamples
+from unimodal.recipe import load_recipe
 from unimodal.train.checkpoint import CheckpointSaveFailed
 from unimodal.train.guard import NonFiniteLoss
 from unimodal.train.lock import release
 from unimodal.train.loop import train
-
 
 # Library deprecation notices that say nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*set_vital.*")
@@ -40,8 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m unimodal.train", description=__doc__)
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
-    p.add_argument("--resume", action="store_true", help="the default: continue from the stage's latest checkpoint, if any")
-    p.add_argument("--fresh", action="store_true", help="start over; an earlier run in the output directory is renamed, not deleted")
+    p.add_argument(
+        "--resume", action="store_true", help="the default: continue from the stage's latest checkpoint, if any"
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over; an earlier run in the output directory is renamed, not deleted",
+    )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # from the deepspeed launcher
     return p.parse_args(argv)
 

@@ -24,7 +24,9 @@ from unimodal.train.comm import all_reduce_sum
 
 
 class Balancer:
-    def __init__(self, recipe: Recipe, loader, steps_done: int, state: dict | None = None, device: torch.device | str = "cpu"):
+    def __init__(
+        self, recipe: Recipe, loader, steps_done: int, state: dict | None = None, device: torch.device | str = "cpu"
+    ):
         self.names = [ds.name for ds in recipe.data.datasets]
         self.sampling = recipe.data.sampling
         self.board = loader.dataset.board  # None unless loss-aware
@@ -65,7 +67,9 @@ class Balancer:
             loss, count = sums[:n].numpy(), sums[n:].numpy()
             mean = np.where(count > 0, loss / np.maximum(count, 1), np.nan)
             if np.isfinite(self.previous).any():
-                self._publish(done + self.board.lag, loss_aware_mix(self.policy.prior, self.previous, mean, self.sampling))
+                self._publish(
+                    done + self.board.lag, loss_aware_mix(self.policy.prior, self.previous, mean, self.sampling)
+                )
             self.previous = np.where(count > 0, mean, self.previous)
         self.board.finalise(done)
 

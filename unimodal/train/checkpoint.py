@@ -164,14 +164,19 @@ def load_latest(engine, ckpt_dir: Path) -> dict[str, Any] | None:
             with weights_only_loads():
                 path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=candidate)
             error = None if path is not None else "DeepSpeed found nothing to load"
-        except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways; the next one may load
+        except Exception as err:
             error = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
         if not _any_rank(error is not None):
             return client_state
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(f"[unimodal] warning: {ckpt_dir / candidate} could not be loaded ({error or 'on another rank'}); "
-                  "trying the checkpoint before it", flush=True)
-    raise RuntimeError(f"{ckpt_dir}: no checkpoint could be loaded; the last tried, {candidate}: {error or 'failed on another rank'}")
+            print(
+                f"[unimodal] warning: {ckpt_dir / candidate} could not be loaded ({error or 'on another rank'}); "
+                "trying the checkpoint before it",
+                flush=True,
+            )
+    raise RuntimeError(
+        f"{ckpt_dir}: no checkpoint could be loaded; the last tried, {candidate}: {error or 'failed on another rank'}"
+    )
 
 
 def _any_rank(flag: bool) -> bool:
@@ -185,4 +190,3 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, enabled=engine.zero_optimization_stage() == 3):
         return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-

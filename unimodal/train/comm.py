@@ -28,11 +28,16 @@ def init_distributed(timeout_s: float) -> None:
     """Join the job's process group; a collective waiting over `timeout_s` fails instead of hanging."""
     timeout = timedelta(seconds=timeout_s)
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):  # torchrun's agent hosts the store
-        agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+        agent = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+        )
         store = dist.PrefixStore(f"unimodal/round{os.environ['TORCHELASTIC_RESTART_COUNT']}", agent)
         dist.init_process_group(
-            get_accelerator().communication_backend_name(), store=store, timeout=timeout,
-            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+            get_accelerator().communication_backend_name(),
+            store=store,
+            timeout=timeout,
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
         )
     deepspeed.init_distributed(timeout=timeout)  # DeepSpeed takes over a group already set up
 

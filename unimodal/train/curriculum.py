@@ -20,7 +20,6 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from unimodal.config import Recipe, RecipeError, Strict
-
 from unimodal.recipe import load_recipe, read_yaml
 from unimodal.train.checkpoint import DONE, has_checkpoint
 from unimodal.train.launch import StageStopped, run_stage

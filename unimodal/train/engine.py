@@ -21,7 +21,9 @@ from unimodal.model import ModelConfig, UnifiedModel
 def model_config(recipe: Recipe, vocab_size: int, patch_dims: dict[str, int]) -> ModelConfig:
     adapter = {"adapter_dim": recipe.model.adapter.dim} if recipe.model.adapter else {}
     execution = {"attention": recipe.model.attention, "compile": recipe.model.compile}
-    return ModelConfig.from_preset(recipe.model.preset, vocab_size, patch_dims, **(execution | adapter | recipe.model.overrides))
+    return ModelConfig.from_preset(
+        recipe.model.preset, vocab_size, patch_dims, **(execution | adapter | recipe.model.overrides)
+    )
 
 
 def deepspeed_config(recipe: Recipe) -> dict[str, Any]:

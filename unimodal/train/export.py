@@ -17,12 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from unimodal.recipe import load_recipe
 from unimodal.model import UnifiedModel
 from unimodal.model.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_weights
+from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import weights_only_loads
 from unimodal.train.engine import model_config
@@ -37,11 +36,15 @@ def find_checkpoints(path: Path) -> tuple[Path, Path]:
     for run, ckpts in ((path, path / "checkpoints"), (path.parent, path)):
         if (ckpts / "latest").is_file():
             if not (run / "recipe.yaml").is_file():
-                raise ExportError(f"{run}: no recipe.yaml (`unimodal train` writes it beside checkpoints/): "
-                                  "export reads the model and tokenizer settings from it")
+                raise ExportError(
+                    f"{run}: no recipe.yaml (`unimodal train` writes it beside checkpoints/): "
+                    "export reads the model and tokenizer settings from it"
+                )
             return run, ckpts
-    raise ExportError(f"{path}: no checkpoint here: neither {path / 'checkpoints' / 'latest'} nor {path / 'latest'} "
-                      "(give a run's output_dir or its checkpoints/ directory)")
+    raise ExportError(
+        f"{path}: no checkpoint here: neither {path / 'checkpoints' / 'latest'} nor {path / 'latest'} "
+        "(give a run's output_dir or its checkpoints/ directory)"
+    )
 
 
 def export(path: str | Path, out_dir: str | Path, tag: str | None = None) -> dict:
@@ -49,13 +52,17 @@ def export(path: str | Path, out_dir: str | Path, tag: str | None = None) -> dic
     run, ckpts = find_checkpoints(Path(path))
     tag = tag or (ckpts / "latest").read_text().strip()
     if not list((ckpts / tag).glob("*_optim_states.pt")):
-        raise ExportError(f"{ckpts / tag}: no ZeRO partitions (*_optim_states.pt): not a checkpoint, "
-                          "or one of ZeRO stage 0, whose finished run's output_dir already holds model.safetensors")
+        raise ExportError(
+            f"{ckpts / tag}: no ZeRO partitions (*_optim_states.pt): not a checkpoint, "
+            "or one of ZeRO stage 0, whose finished run's output_dir already holds model.safetensors"
+        )
     recipe_file = run / "recipe.yaml"
     recipe = load_recipe(recipe_file, check_files=False)
     sp_model = recipe.tokenizer.text
     if not sp_model.is_file():
-        raise ExportError(f"{recipe_file}: tokenizer.text: {sp_model} not found (relative paths are read from the working directory)")
+        raise ExportError(
+            f"{recipe_file}: tokenizer.text: {sp_model} not found (relative paths are read from the working directory)"
+        )
     tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets)
     cfg = model_config(recipe, tokenizer.vocab_size, tokenizer.patch_dims)
     with weights_only_loads():
@@ -71,4 +78,9 @@ def export(path: str | Path, out_dir: str | Path, tag: str | None = None) -> dic
     settings = recipe.tokenizer.model_dump(mode="json") | {"text": TEXT_MODEL}
     (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=2))
     save_weights(out_dir, {k: v.detach().clone() for k, v in model.state_dict().items()}, cfg)  # last; tied head untied
-    return {"run": str(run), "tag": tag, "out_dir": str(out_dir), "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "run": str(run),
+        "tag": tag,
+        "out_dir": str(out_dir),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

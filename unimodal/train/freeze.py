@@ -21,7 +21,9 @@ def freeze_all_but(model: nn.Module, trainable: list[str] | None) -> int:
     parts |= {n: [p] for n, p in model.named_parameters(recurse=False)}
     unnamed = set(parts) - set(MODULES)
     if unnamed:
-        raise RuntimeError(f"unimodal.config.MODULES lacks the model's {sorted(unnamed)}: train.trainable cannot name them")
+        raise RuntimeError(
+            f"unimodal.config.MODULES lacks the model's {sorted(unnamed)}: train.trainable cannot name them"
+        )
     for name, params in parts.items():
         for p in params:
             p.requires_grad_(trainable is None or name in trainable)

@@ -63,5 +63,8 @@ class StepGuard:
                 "deepspeed.gradient_clipping, or check the data"
             )
         if dist.get_rank() == 0:
-            print(f"[unimodal] step {step}: non-finite loss on some rank, batch skipped ({self.skipped} so far)", flush=True)
+            print(
+                f"[unimodal] step {step}: non-finite loss on some rank, batch skipped ({self.skipped} so far)",
+                flush=True,
+            )
         return True

@@ -243,8 +243,11 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
             # DeepSpeed writes client_state from rank 0 only: it carries every rank's part
             ranks = [None] * world
             part = {
-                "loader": loader.state_dict(), "data": counts.state_dict(), "balance": balancer.state_dict(),
-                "window": window.state_dict(), "rng": rng_state(),
+                "loader": loader.state_dict(),
+                "data": counts.state_dict(),
+                "balance": balancer.state_dict(),
+                "window": window.state_dict(),
+                "rng": rng_state(),
             }
             dist.all_gather_object(ranks, part)
             sample_log.flush()

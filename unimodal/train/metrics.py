@@ -50,8 +50,12 @@ class MetricsLogger:
         )
         self.tensorboard = None
         if recipe.logging.tensorboard:
-            self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
-        self.bar = tqdm(total=recipe.train.steps, initial=resumed_step, desc=recipe.name, unit="step", dynamic_ncols=True)
+            self.tensorboard = SummaryWriter(
+                str(out / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None
+            )
+        self.bar = tqdm(
+            total=recipe.train.steps, initial=resumed_step, desc=recipe.name, unit="step", dynamic_ncols=True
+        )
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PLOTS, SUMMARY = "plots", "report.txt"
 
@@ -74,7 +74,13 @@ def plot_mix(records: list[dict], path: Path) -> None:
         edge = [e + r[f"mix_target/{n}"] for e, r in zip(edge, records)]
         ax.plot(steps, edge, color="black", linestyle="--", linewidth=1)
     ax.plot([], [], color="black", linestyle="--", linewidth=1, label="target mix")
-    ax.set(xlabel="step", ylabel="share of samples", ylim=(0, 1), xlim=(steps[0], steps[-1]), title="Task mix per logging window")
+    ax.set(
+        xlabel="step",
+        ylabel="share of samples",
+        ylim=(0, 1),
+        xlim=(steps[0], steps[-1]),
+        title="Task mix per logging window",
+    )
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -109,17 +115,27 @@ def summary(run_dir: Path, records: list[dict]) -> str:
     last = records[-1]
     done_file = run_dir / "done.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else None
-    state = f"finished, {done['world_size']} ranks, ZeRO-{done['zero_stage']}, {done['precision']}" if done else "not finished"
+    state = (
+        f"finished, {done['world_size']} ranks, ZeRO-{done['zero_stage']}, {done['precision']}"
+        if done
+        else "not finished"
+    )
     lines = [f"run: {run_dir} ({state})", f"steps: {last['step']} logged in {len(records)} records"]
     losses = ", ".join(f"{n} {last[f'loss/{n}']:.4f}" for n in datasets([last], "loss"))
     lines.append(f"final loss: {last['loss']:.4f}" + (f" ({losses})" if losses else ""))
-    throughput = f"tokens/s: {mean(records, 'tokens_per_s'):.0f} mean, samples/s {mean(records, 'samples_per_s'):.1f} mean"
+    throughput = (
+        f"tokens/s: {mean(records, 'tokens_per_s'):.0f} mean, samples/s {mean(records, 'samples_per_s'):.1f} mean"
+    )
     if (mfu := mean(records, "mfu")) is not None:
         throughput += f", MFU {100 * mfu:.2f}% mean"
     lines.append(throughput)
     wait = sum(r["data_wait_s"] for r in records)
-    lines.append(f"padding efficiency: {mean(records, 'padding_efficiency'):.3f} mean; waiting for data: {wait:.1f} s per rank in all")
-    mix = ", ".join(f"{n} {mean(records, f'mix/{n}'):.2f} ({last[f'mix_target/{n}']:.2f})" for n in datasets(records, "mix"))
+    lines.append(
+        f"padding efficiency: {mean(records, 'padding_efficiency'):.3f} mean; waiting for data: {wait:.1f} s per rank in all"
+    )
+    mix = ", ".join(
+        f"{n} {mean(records, f'mix/{n}'):.2f} ({last[f'mix_target/{n}']:.2f})" for n in datasets(records, "mix")
+    )
     lines.append(f"mix, achieved mean (target at the end): {mix}")
     skipped = {k.removeprefix("skipped/"): v for k, v in last.items() if k.startswith("skipped/")}  # totals so far
     lines.append("skipped samples: " + (", ".join(f"{k} {v}" for k, v in skipped.items()) if skipped else "none"))

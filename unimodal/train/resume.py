@@ -31,7 +31,10 @@ SAVED_RECIPE = "recipe.yaml"
 
 def restarted() -> bool:
     """This process is a restart of the job under torchrun or a SLURM requeue: it must never start over."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    return (
+        int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    )
 
 
 def _field(tree: dict[str, Any], dotted: str) -> Any:
@@ -119,7 +122,9 @@ def agree(recipe: Recipe, resume: bool) -> bool:
     answer: list[bool | str] = [False]
     if dist.get_rank() == 0:
         try:
-            answer = [claim(recipe, resume, os.getppid(), str(recipe.train.output_dir))]  # the parent: the job's launcher
+            answer = [
+                claim(recipe, resume, os.getppid(), str(recipe.train.output_dir))
+            ]  # the parent: the job's launcher
             keep_fresh(recipe.train.output_dir, recipe.train.stale_lock_s)
         except RecipeError as err:
             answer = [str(err)]

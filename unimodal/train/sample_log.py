@@ -31,12 +31,14 @@ class SampleLog:
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, path)
-        self.file = open(path, "w" if not step else "a")
+        self.file = open(path, "w" if not step else "a")  # noqa: SIM115 (open for the run; closed by close())
 
     def add(self, step: int, meta: dict, trained: bool) -> None:
         """Record a micro-batch of `step` (counted from 1)."""
         if self.file:
-            self.file.write(json.dumps({"step": step, "keys": meta["keys"], "epochs": meta["epochs"], "trained": trained}) + "\n")
+            self.file.write(
+                json.dumps({"step": step, "keys": meta["keys"], "epochs": meta["epochs"], "trained": trained}) + "\n"
+            )
 
     def flush(self) -> None:
         if self.file:

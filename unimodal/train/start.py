@@ -42,18 +42,24 @@ def finished_layout(src: Path, where: str) -> dict[str, Any]:
     """The layout a finished run recorded; refuses a run without a final checkpoint to load."""
     done = src / DONE
     if not done.is_file():
-        raise RecipeError(f"{where}: init_from: {src} is not a finished stage (no {DONE}); carry: optimizer loads its final checkpoint")
+        raise RecipeError(
+            f"{where}: init_from: {src} is not a finished stage (no {DONE}); carry: optimizer loads its final checkpoint"
+        )
     record = json.loads(done.read_text())
     ckpt_dir = src / "checkpoints"
     if not has_checkpoint(ckpt_dir) or (ckpt_dir / "latest").read_text().strip() != tag(record["steps"]):
-        raise RecipeError(f"{where}: init_from: {ckpt_dir}/latest is not the final step ({record['steps']}) that carry: optimizer loads")
+        raise RecipeError(
+            f"{where}: init_from: {ckpt_dir}/latest is not the final step ({record['steps']}) that carry: optimizer loads"
+        )
     return {key: record.get(key) for key in ("world_size", "zero_stage", "precision")}
 
 
 def check_carry(recipe: Recipe, world_size: int, source: dict[str, Any], where: str) -> None:
     """Refuse `carry: optimizer` where this stage would split or store the optimiser state differently."""
     here = layout(recipe, world_size)
-    differ = [f"{key.replace('_', ' ')} {source[key]} there, {here[key]} here" for key in here if here[key] != source[key]]
+    differ = [
+        f"{key.replace('_', ' ')} {source[key]} there, {here[key]} here" for key in here if here[key] != source[key]
+    ]
     if differ:
         raise RecipeError(
             f"{where}: carry: optimizer loads the optimiser state of {recipe.init_from}, which ZeRO splits by world size "
@@ -84,7 +90,9 @@ def describe(recipe: Recipe) -> str:
 def init_weights(model: UnifiedModel, cfg: ModelConfig, src: Path) -> None:
     """`src`'s weights into `model`; an adapter that `src` lacks keeps its fresh (identity) init."""
     state, saved = load_weights(src)
-    saved = saved.model_copy(update={k: getattr(cfg, k) for k in EXECUTION_FIELDS})  # how it ran is no part of the model
+    saved = saved.model_copy(
+        update={k: getattr(cfg, k) for k in EXECUTION_FIELDS}
+    )  # how it ran is no part of the model
     if cfg.adapter_dim and saved.adapter_dim is None:
         saved = saved.model_copy(update={"adapter_dim": cfg.adapter_dim})
         state |= {k: v for k, v in model.state_dict().items() if k.startswith("adapter.")}
@@ -105,7 +113,9 @@ def load_optimizer_state(engine, src: Path) -> None:
     own = [{k: v for k, v in group.items() if k not in ("params", "step")} for group in optimizer.param_groups]
     clip = getattr(optimizer, "clip_grad", None)
     with weights_only_loads():
-        path, _ = engine.load_checkpoint(str(src / "checkpoints"), load_optimizer_states=True, load_lr_scheduler_states=False)
+        path, _ = engine.load_checkpoint(
+            str(src / "checkpoints"), load_optimizer_states=True, load_lr_scheduler_states=False
+        )
     if path is None:
         raise RuntimeError(f"init_from: {src / 'checkpoints'}: 'latest' names a checkpoint that could not be loaded")
     for group, hyper in zip(optimizer.param_groups, own):
