@@ -90,3 +90,31 @@ def test_cli_rejects_a_bad_recipe_before_launching(in_workspace, tmp_path):
     )
     assert "deepspeed" not in result.stdout + result.stderr.lower().replace(str(path).lower(), "")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.preset=nope", ["model.preset", "'tiny', 'small', 'base' or 'large'"]),
+        ("model.overrides={d_modle: 256}", ["model.overrides", "d_modle", "the fields are d_model, n_heads"]),
+        ("model.overrides={n_heads: 5}", ["model.overrides", "d_model 128 not divisible by n_heads 5"]),
+        ("data.datasets.0.objective=mlx", ["data.datasets.0", "objective", "'seq2seq'"]),
+        ("data.datasets.0.inputs={depth: npy}", ["data.datasets.0", "unknown modality 'depth'", "known: text, image"]),
+    ],
+)
+def test_closed_sets_refused_by_every_command_before_a_rank_starts(in_workspace, capsys, override, words):
+    """`unimodal train`, `plan` and `curriculum` exit 2 naming the field and the allowed values; nothing is written."""
+    from unimodal.cli import main
+
+    out = in_workspace / "runs" / "refused"
+    for command in (
+        ["train", str(SMOKE / "stage1.yaml")],
+        ["plan", str(SMOKE / "stage1.yaml")],
+        ["curriculum", str(SMOKE / "curriculum.yaml")],
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "--set", override, "--set", f"train.output_dir={out}"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2, err
+        assert all(w in err for w in words), err
+    assert not out.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import braceexpand
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unimodal.fields import DECODABLE, check_field
 
@@ -383,14 +383,61 @@ class AdapterConfig(Strict):
 Attention = Literal["auto", "flex", "sdpa"]
 
 
+# Body sizes by name (parameter counts in unimodal/model/config.py)
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=128, n_heads=4, enc_layers=3, dec_layers=2),
+    "small": dict(d_model=512, n_heads=8, enc_layers=8, dec_layers=8),
+    "base": dict(d_model=768, n_heads=12, enc_layers=12, dec_layers=12),
+    "large": dict(d_model=1536, n_heads=24, enc_layers=16, dec_layers=16),
+}
+Preset = Literal[tuple(PRESETS)]
+
+
+class Body(Strict):
+    """The Transformer body's hyperparameters: a preset's, then `model.overrides` (unimodal/model/config.py adds
+    what comes from the tokenizer and the run)."""
+
+    d_model: int = Field(gt=0)
+    n_heads: int = Field(gt=0)
+    enc_layers: int = Field(gt=0)
+    dec_layers: int = Field(ge=0)  # 0: encoder only (no seq2seq datasets then)
+    mlp_ratio: float = Field(4.0, gt=0)
+    max_positions: int = Field(1024, gt=0)  # longest encoder input and longest decoder input
+    dropout: float = Field(0.0, ge=0, lt=1)  # embeddings, residual branches, MLP
+    # on the attention probabilities, sdpa only; 0 as in OFA and UnIVAL (attention_dropout 0.0)
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    activation_checkpointing: bool = False
+    attention_block: int = Field(128, gt=0)  # flex: the tile (query x key tokens) its block mask keeps or skips
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Body:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} not divisible by n_heads {self.n_heads}")
+        return self
+
+
 class ModelSection(Strict):
-    preset: str = "tiny"
-    overrides: dict[str, Any] = {}  # any ModelConfig field, e.g. {d_model: 256}
+    preset: Preset = "tiny"
+    overrides: dict[str, Any] = {}  # fields of `Body`, over the preset's, e.g. {d_model: 256}
     adapter: AdapterConfig | None = None  # absent: no adapter
     # attention within packed samples (unimodal/model/transformer.py): flex skips the masked-out
     # tiles, sdpa is the dense-mask reference; auto: flex on CUDA, sdpa elsewhere (no flex backward on CPU)
     attention: Attention = "auto"
     compile: bool = False  # torch.compile each Transformer block
+
+    @model_validator(mode="after")
+    def _overrides_make_a_body(self) -> ModelSection:
+        try:
+            Body(**(PRESETS[self.preset] | self.overrides))
+        except ValidationError as err:
+            problems = [
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
+                for e in err.errors()
+            ]
+            if any(e["type"] == "extra_forbidden" for e in err.errors()):
+                problems.append(f"the fields are {', '.join(Body.model_fields)}")
+            raise ValueError(f"model.overrides: {'; '.join(problems)}") from None
+        return self
 
     @model_validator(mode="after")
     def _flex_has_no_attention_dropout(self) -> ModelSection:
