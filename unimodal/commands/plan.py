@@ -15,6 +15,7 @@ over the stage's steps, without decoding anything: the mix those draws achieve.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,26 @@ class Lengths:
 
 
 def stage_recipes(path: str | Path, nproc: int, overrides: list[str] = ()) -> list[tuple[Path, Recipe]]:
-    """A curriculum's stages (a file with `stages:`) or a single recipe, validated."""
+    """A curriculum's stages (a file with `stages:`) or a single recipe, validated.
+
+    A stage whose output directory holds a run of another recipe, which training
+    would refuse to resume, is noted on stderr, not refused: planning a variant
+    of a run is what `plan` is for.
+    """
+    from unimodal.train.curriculum import load_curriculum  # imports deepspeed: only when needed
+    from unimodal.train.resume import should_resume
+
     path = Path(path)
     if "stages" in read_yaml(path):
-        from unimodal.train.curriculum import load_curriculum  # imports deepspeed: only when needed
-
-        return [(s.path, s.recipe) for s in load_curriculum(path, nproc, overrides)[1]]
-    from unimodal.train.resume import should_resume  # imports deepspeed: only when needed
-
-    recipe = load_recipe(path, overrides)
-    should_resume(
-        recipe, str(path)
-    )  # a checkpoint of another recipe in its output directory is refused, as training would
-    return [(path, recipe)]
+        stages = [(s.path, s.recipe) for s in load_curriculum(path, nproc, overrides, fresh=True)[1]]
+    else:
+        stages = [(path, load_recipe(path, overrides))]
+    for stage_path, recipe in stages:
+        try:
+            should_resume(recipe, str(stage_path))
+        except RecipeError as err:
+            print(f"note: training would refuse this: {err}", file=sys.stderr)
+    return stages
 
 
 def measure(recipe: Recipe, probe: int) -> list[list[Lengths]]:
