@@ -44,18 +44,14 @@ def env() -> dict[str, str]:
     return unimodal_env() | {"OMP_NUM_THREADS": "1"}
 
 
+def train_command(out: Path, *flags: str, sets: tuple[str, ...] = ()) -> list[str]:
+    """`unimodal train` of the smoke stage 1 on 2 ranks into `out`."""
+    return [sys.executable, "-m", "unimodal.cli", "train", str(SMOKE / "stage1.yaml"), "--nproc", "2",
+            *set_args(out, *sets), *flags]  # fmt: skip
+
+
 def train(out: Path, cwd: Path, *flags: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "unimodal.cli",
-        "train",
-        str(SMOKE / "stage1.yaml"),
-        "--nproc",
-        "2",
-        *set_args(out, *sets),
-        *flags,
-    ]
+    cmd = train_command(out, *flags, sets=sets)
     return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
 
 
@@ -313,17 +309,7 @@ def test_a_rank_killed_under_torchrun_restarts_falls_back_from_a_damaged_latest_
 def test_fresh_keeps_the_earlier_run_and_a_stopped_rank_ends_the_job_within_the_collective_timeout(first, workspace):
     out, reference = first
     timeout_s = 20
-    cmd = [
-        sys.executable,
-        "-m",
-        "unimodal.cli",
-        "train",
-        str(SMOKE / "stage1.yaml"),
-        "--nproc",
-        "2",
-        "--fresh",
-        *set_args(out, f"train.collective_timeout_s={timeout_s}", "train.steps=1000"),
-    ]
+    cmd = train_command(out, "--fresh", sets=(f"train.collective_timeout_s={timeout_s}", "train.steps=1000"))
     run = start(cmd, workspace, out.parent / "stopped.log")
     try:
         wait_for(lambda: list(out.parent.glob("twice.*")) and 2 in logged_steps(out), run)  # the new run's step 2
