@@ -1,6 +1,6 @@
 """Pre-norm Transformer encoder and decoder stacks, with attention kept within each packed sample.
 
-Two attention paths compute the same thing (`ModelConfig.attention`):
+Three attention paths compute the same thing (`ModelConfig.attention`):
 
     sdpa  scaled_dot_product_attention with a dense bool mask [B, 1, T, S]: the
           reference. Every query-key pair of a row is computed, most of them
