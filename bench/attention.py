@@ -1,4 +1,4 @@
-"""Attention on packed rows: dense-mask SDPA (the reference) against FlexAttention's block mask.
+"""Attention on packed rows: dense-mask SDPA (the reference) against varlen buckets and FlexAttention's block mask.
 
 The encoder layer stack of the `base` preset (d 768, 12 heads) runs on rows
 of 512, 2048 and 8192 tokens packed by the loader from the demo mixture
@@ -6,11 +6,12 @@ of 512, 2048 and 8192 tokens packed by the loader from the demo mixture
 to itself only. Per row length: wall time of a step of each path, and the
 attention FLOPs each computes over those the samples need (the sum of their
 views' squared lengths): the dense mask computes every query-key pair of a
-row, the block mask every tile of `--block` x `--block` tokens that holds a
-pair of one view.
+row, varlen (`model.attention: varlen`) each view's own square, the block mask
+every tile of `--block` x `--block` tokens that holds a pair of one view.
 
-On CPU a step is a forward pass (FlexAttention has no backward on CPU);
-on a GPU, forward and backward in bf16. On CPU the 8192 rows run
+On CPU a step is a forward pass (FlexAttention has no backward on CPU) for
+all three paths, and with `--backward` dense and varlen are also timed
+forward + backward; on a GPU, every path forward and backward in bf16. On CPU the 8192 rows run
 `--layers-8192` layers (default 2) to keep the run to a few minutes; the
 FLOPs ratios do not depend on the layer count. The demo's views are short
 (~40 tokens), so tiles of 128 would waste most of what they compute; for
@@ -18,10 +19,13 @@ comparison the table ends with the FLOPs ratios on rows of 2048 holding
 UnIVAL-sized samples (bench/mfu.py's mix: 196-token images, 496-token audio,
 1,568-token clips, 32-128-token texts) at tiles of 32, 64 and 128.
 
-    python bench/attention.py [--device cpu] [--block 32] [--repeats 2]
+    python bench/attention.py [--device cpu] [--block 32] [--repeats 2] [--backward]
 
-Last line: JSON with `speedup_2048` (dense time over flex time),
-`dense_flops_ratio_2048`, `new_flops_ratio_2048` and `device`.
+Last line: JSON with `speedup_2048` (dense time over varlen time, forward
+passes on CPU), `dense_flops_ratio_2048`, `new_flops_ratio_2048` (varlen's),
+the same figures of flex (`flex_speedup_2048`, `flex_flops_ratio_2048`),
+`train_speedup_2048` with `--backward` on CPU (dense over varlen) and
+`device`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from unimodal.data.loader import build_train_loader
 from unimodal.model import ModelConfig
 from unimodal.model.transformer import Stack, attention_mask, block_mask, tile_occupancy
 from unimodal.model.unified import view_ids
+from unimodal.model.varlen import varlen_plan
 from unimodal.recipe import load_recipe
 
 LENGTHS = (512, 2048, 8192)
@@ -53,13 +58,14 @@ def packed_views(length: int, rows: int) -> torch.Tensor:
     return view_ids(batch)[:rows]
 
 
-def flops_ratios(views: torch.Tensor, block: int) -> tuple[float, float]:
-    """Attention pairs computed over pairs needed: dense mask, block mask."""
+def flops_ratios(views: torch.Tensor, block: int) -> tuple[float, float, float]:
+    """Attention pairs computed over pairs needed: dense mask, varlen buckets, block mask."""
     real = views >= 0
     dense = attention_mask(views, views)[:, 0] & real[:, :, None]
     needed = int(dense.sum())
     some, _ = tile_occupancy(dense, block)
-    return views.numel() * views.shape[1] / needed, int(some.sum()) * block * block / needed
+    varlen = varlen_plan(views, views, causal=False).pairs()
+    return views.numel() * views.shape[1] / needed, varlen / needed, int(some.sum()) * block * block / needed
 
 
 def step_seconds(stack: Stack, x: torch.Tensor, mask, train: bool, repeats: int) -> float:
@@ -85,6 +91,7 @@ def main() -> None:
     p.add_argument("--block", type=int, default=32, help="flex tile size (query x key tokens)")
     p.add_argument("--rows", type=int, default=2, help="packed rows a step (1 at 8192)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--backward", action="store_true", help="on CPU, also time dense and varlen forward + backward")
     p.add_argument(
         "--layers-8192", type=int, default=None, help="encoder layers at 8192 (default: 2 on CPU, all on a GPU)"
     )
@@ -98,12 +105,14 @@ def main() -> None:
 
     print(
         f"encoder stack of `base` (d {base.d_model}, {base.n_heads} heads), {device.type}, {dtype}, "
-        f"{'forward + backward' if train else 'forward only (no FlexAttention backward on CPU)'}, flex tiles {args.block}"
+        f"{'forward + backward' if train else 'forward (no FlexAttention backward on CPU)'}, flex tiles {args.block}"
     )
-    print(
-        "| row tokens | rows | samples' views | layers | dense s | flex s | speedup | dense FLOPs / needed | flex FLOPs / needed |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    header = ["row tokens", "rows", "views", "layers", "dense s", "varlen s", "flex s", "varlen speedup"]
+    header += ["flex speedup", "dense FLOPs / needed", "varlen FLOPs / needed", "flex FLOPs / needed"]
+    cpu_backward = args.backward and not train
+    header += ["dense train s", "varlen train s", "varlen train speedup"] if cpu_backward else []
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
     result = {
         "bench": "attention",
         "device": torch.cuda.get_device_name(device) if train else "cpu",
@@ -115,27 +124,38 @@ def main() -> None:
         torch.manual_seed(0)
         stack = Stack(cfg, layers, decoder=False).to(device, dtype)
         v = v.to(device)
-        x = torch.randn(*v.shape, cfg.d_model, device=device, dtype=dtype, requires_grad=train)
-        dense = step_seconds(stack, x, attention_mask(v, v), train, args.repeats)
-        flex = step_seconds(stack, x, block_mask(v, v, causal=False, block=args.block), train, args.repeats)
-        dense_ratio, flex_ratio = flops_ratios(v.cpu(), args.block)
-        print(
-            f"| {n} | {v.shape[0]} | {len(torch.unique(v[v >= 0]))} | {layers} | {dense:.3f} | {flex:.3f} | "
-            f"{dense / flex:.2f} | {dense_ratio:.2f} | {flex_ratio:.2f} |"
-        )
+        x = torch.randn(*v.shape, cfg.d_model, device=device, dtype=dtype, requires_grad=True)
+        masks = {
+            "dense": attention_mask(v, v),
+            "varlen": varlen_plan(v, v, causal=False),
+            "flex": block_mask(v, v, causal=False, block=args.block),
+        }
+        s = {path: step_seconds(stack, x, mask, train, args.repeats) for path, mask in masks.items()}
+        dense_ratio, varlen_ratio, flex_ratio = flops_ratios(v.cpu(), args.block)
+        cells = [n, v.shape[0], len(torch.unique(v[v >= 0])), layers, *(f"{s[p]:.3f}" for p in masks)]
+        cells += [f"{s['dense'] / s['varlen']:.2f}", f"{s['dense'] / s['flex']:.2f}"]
+        cells += [f"{r:.2f}" for r in (dense_ratio, varlen_ratio, flex_ratio)]
         result |= {
-            f"speedup_{n}": round(dense / flex, 3),
+            f"speedup_{n}": round(s["dense"] / s["varlen"], 3),
             f"dense_flops_ratio_{n}": round(dense_ratio, 3),
-            f"new_flops_ratio_{n}": round(flex_ratio, 3),
+            f"new_flops_ratio_{n}": round(varlen_ratio, 3),
+            f"flex_speedup_{n}": round(s["dense"] / s["flex"], 3),
+            f"flex_flops_ratio_{n}": round(flex_ratio, 3),
             f"layers_{n}": layers,
         }
+        if cpu_backward:  # dense and varlen have a CPU backward
+            t = {p: step_seconds(stack, x, masks[p], True, args.repeats) for p in ("dense", "varlen")}
+            cells += [f"{t['dense']:.3f}", f"{t['varlen']:.3f}", f"{t['dense'] / t['varlen']:.2f}"]
+            result[f"train_speedup_{n}"] = round(t["dense"] / t["varlen"], 3)
+        print("| " + " | ".join(map(str, cells)) + " |")
     rows = view_ids(mixed_batch(np.random.default_rng(0), 4 * 2560, 2048))
     unival = {b: flops_ratios(rows, b) for b in (32, 64, 128)}
     print(
-        f"UnIVAL-sized samples, {rows.shape[0]} rows of 2048: dense FLOPs / needed {unival[128][0]:.2f}, flex "
-        + ", ".join(f"{r[1]:.2f} at tiles of {b}" for b, r in unival.items())
+        f"UnIVAL-sized samples, {rows.shape[0]} rows of 2048: dense FLOPs / needed {unival[128][0]:.2f}, "
+        f"varlen {unival[128][1]:.2f}, flex " + ", ".join(f"{r[2]:.2f} at tiles of {b}" for b, r in unival.items())
     )
-    result |= {f"unival_new_flops_ratio_2048_block{b}": round(r[1], 3) for b, r in unival.items()}
+    result["unival_new_flops_ratio_2048"] = round(unival[128][1], 3)
+    result |= {f"unival_flex_flops_ratio_2048_block{b}": round(r[2], 3) for b, r in unival.items()}
     result["unival_dense_flops_ratio_2048"] = round(unival[128][0], 3)
     print(json.dumps(result))
 

@@ -9,7 +9,7 @@ code the loader uses. MFU = model FLOPs of the real tokens (unimodal/model/flops
 per second over the device's dense bf16 peak (unimodal/train/mfu.py).
 
     python bench/mfu.py                                  # on a GPU
-    python bench/mfu.py --attention sdpa flex --compile off on   # each combination
+    python bench/mfu.py --attention sdpa flex varlen --compile off on   # each combination
     python bench/mfu.py --device cpu --preset tiny --steps 3 --warmup 1 --batch-tokens 4096   # smoke
 
 `--attention` and `--compile` take several values: each combination is
@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--pack-length", type=int, default=2048, help="encoder tokens per packed row (0: padded batches)")
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "flex", "sdpa"])
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "flex", "sdpa", "varlen"])
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
     args = p.parse_args()
 

@@ -380,7 +380,7 @@ class AdapterConfig(Strict):
 
 
 # How attention within packed samples is computed (unimodal/model/transformer.py)
-Attention = Literal["auto", "flex", "sdpa"]
+Attention = Literal["auto", "flex", "sdpa", "varlen"]
 
 
 # Body sizes by name (parameter counts in unimodal/model/config.py)
@@ -421,7 +421,8 @@ class ModelSection(Strict):
     overrides: dict[str, Any] = {}  # fields of `Body`, over the preset's, e.g. {d_model: 256}
     adapter: AdapterConfig | None = None  # absent: no adapter
     # attention within packed samples (unimodal/model/transformer.py): flex skips the masked-out
-    # tiles, sdpa is the dense-mask reference; auto: flex on CUDA, sdpa elsewhere (no flex backward on CPU)
+    # tiles, varlen attends each sample's tokens alone (no mask), sdpa is the dense-mask reference;
+    # auto: flex on CUDA, sdpa elsewhere (no flex backward on CPU)
     attention: Attention = "auto"
     compile: bool = False  # torch.compile each Transformer block
 

@@ -19,7 +19,7 @@ from unimodal.tokenize.sequence import PATCH_MODALITIES
 #                  ~250M, UnIVAL's size: the embedding grows by 51k x 768 = 39M)
 #   large  1.08B
 # How attention is computed (unimodal/model/transformer.py); auto: flex on CUDA, sdpa elsewhere
-AttentionKind = Literal["flex", "sdpa"]
+AttentionKind = Literal["flex", "sdpa", "varlen"]
 # How the model runs, not what it is: a run may change these and still load another's weights
 EXECUTION_FIELDS = ("activation_checkpointing", "attention", "attention_block", "compile")
 

@@ -1,14 +1,17 @@
 """Pre-norm Transformer encoder and decoder stacks, with attention kept within each packed sample.
 
-Two attention paths compute the same thing (`ModelConfig.attention`):
+Three attention paths compute the same thing (`ModelConfig.attention`):
 
     sdpa  scaled_dot_product_attention with a dense bool mask [B, 1, T, S]: the
           reference. Every query-key pair of a row is computed, most of them
           masked out when samples are packed into rows.
     flex  FlexAttention with a block mask: only the (block x block) tiles that
           hold some pair of the same sample are computed, the others skipped.
+    varlen  each sample's tokens gathered into dense buckets of equal lengths,
+          attended without a mask (unimodal/model/varlen.py): only the pairs
+          the samples need are computed.
 
-The masks are built once per forward for each of the three kinds of attention
+The masks (varlen: plans) are built once per forward for each of the three kinds of attention
 (encoder self, decoder causal self, decoder cross) and shared by every block.
 """
 
@@ -23,6 +26,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from unimodal.model.config import AttentionKind, ModelConfig
+from unimodal.model.varlen import VarlenPlan, varlen_plan
 
 # FlexAttention is a template that torch.compile turns into a fused kernel; uncompiled it runs a
 # dense reference. On GPUs, shapes become dynamic at their first change: ragged batches (rows,
@@ -30,7 +34,7 @@ from unimodal.model.config import AttentionKind, ModelConfig
 # dynamic shapes (torch 2.14), and there it serves forward only (FlexAttention has no CPU backward).
 FLEX = {"cuda": torch.compile(flex_attention), "cpu": torch.compile(flex_attention, dynamic=False)}
 
-Mask = torch.Tensor | BlockMask  # a dense bool mask (sdpa) or a block mask (flex)
+Mask = torch.Tensor | BlockMask | VarlenPlan  # a dense bool mask (sdpa), a block mask (flex), buckets (varlen)
 
 
 class Attention(nn.Module):
@@ -49,14 +53,17 @@ class Attention(nn.Module):
         """mask: from `attention_mask`, True where query t may attend to context token s."""
         b, t, d = x.shape
         s, h = context.shape[1], self.n_heads
+        dropout = self.dropout if self.training else 0.0
+        if isinstance(mask, VarlenPlan):
+            k, v = self.kv(context).view(b * s, 2, h, d // h).unbind(1)
+            y = mask.attend(self.q(x).view(b * t, h, d // h), k, v, dropout)
+            return self.resid_drop(self.proj(y.view(b, t, d)))
         q = self.q(x).view(b, t, h, d // h).transpose(1, 2)
         k, v = self.kv(context).view(b, s, 2, h, d // h).permute(2, 0, 3, 1, 4)
         if isinstance(mask, BlockMask):
             y = FLEX["cpu" if q.device.type == "cpu" else "cuda"](q, k, v, block_mask=mask)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-            )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
 
@@ -193,12 +200,15 @@ def attention_mask(
     """The mask of `kind`: a token attends to the tokens of its own sample (earlier ones if causal).
 
     `*_sample` hold each token's sample number, -1 at padding. Samples packed
-    into one row thus never see each other. flex: `block_mask`. sdpa: bool
+    into one row thus never see each other. flex: `block_mask`. varlen:
+    `varlen_plan` (no mask: a padding query gets zeros). sdpa: bool
     [B, 1, T, S], where a padding query attends to everything: its softmax row
     is never empty (no NaN), and the loss ignores it.
     """
     if kind == "flex":
         return block_mask(query_sample, key_sample, causal, block)
+    if kind == "varlen":
+        return varlen_plan(query_sample, key_sample, causal)
     mask = query_sample[:, :, None] == key_sample[:, None, :]
     if causal:
         t = query_sample.shape[1]
