@@ -117,8 +117,11 @@ class Stack(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.checkpointing = cfg.activation_checkpointing
         if cfg.compile:
-            for block in self.blocks:  # in place: parameter names (checkpoints) unchanged; one graph serves every block
-                block.compile(dynamic=True)
+            # the blocks' forward, not their module call: hooks around it (ZeRO-3's parameter gathering) stay
+            # eager, outside the graph; in place, so parameter names (checkpoints) are unchanged; one graph
+            # serves every block
+            for block in self.blocks:
+                block.forward = torch.compile(block.forward, dynamic=True)
 
     def forward(
         self,

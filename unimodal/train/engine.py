@@ -13,9 +13,11 @@ from typing import Any
 
 import deepspeed
 import torch
+from deepspeed.utils import set_z3_leaf_modules
 
 from unimodal.config import Recipe
 from unimodal.model import ModelConfig, UnifiedModel
+from unimodal.model.transformer import Block
 
 
 def model_config(recipe: Recipe, vocab_size: int, patch_dims: dict[str, int]) -> ModelConfig:
@@ -70,6 +72,10 @@ def build_engine(recipe: Recipe, model: UnifiedModel):
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(recipe.train.warmup_steps, recipe.train.steps)
     )
+    if model.cfg.compile:
+        # ZeRO-3 gathers a block's parameters at the block (one hook) instead of at each of its layers, whose
+        # hooks would run inside the compiled forward and recompile it for every layer
+        set_z3_leaf_modules(model, [Block], raise_if_not_found=False)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(recipe)
     )
