@@ -33,6 +33,12 @@ def test_demo_runs_the_two_stage_curriculum_and_writes_a_summary(workspace):
     assert all(0.0 <= d["metrics"]["exact_match"] <= 1.0 for d in summary["datasets"].values())
     for line in ("dataset", "digit-captions", "moving-digits"):
         assert line in result.stdout
+    # output to a file, not a terminal: no live bar's carriage-return updates, one progress line per record
+    assert "\r" not in result.stdout + result.stderr
+    progress = [line for line in result.stderr.splitlines() if "/6, loss " in line]
+    assert [line.split(",")[0] for line in progress] == [
+        f"smoke-stage{s}: step {n}/6" for s in (1, 2) for n in (3, 6)
+    ], progress
     for stage in ("stage1", "stage2"):
         out = workspace / "runs" / "demo" / stage
         assert list((out / "wandb").glob("offline-run-*"))

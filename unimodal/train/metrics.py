@@ -1,4 +1,8 @@
-"""Where training numbers go: wandb, TensorBoard if asked, `metrics.jsonl`, and a progress bar (rank 0 only).
+"""Where training numbers go: wandb, TensorBoard if asked, `metrics.jsonl`, and progress (rank 0 only).
+
+Progress follows the usual convention: a live bar when stderr is a terminal,
+and where it is not (a log file: CI, SLURM's slurm-*.out) one plain line per
+record, so a log holds no carriage-return updates.
 
 wandb is the dashboard (offline unless the user has an API key); TensorBoard
 (`logging.tensorboard`) serves those who run their own; the JSON lines file
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +58,10 @@ class MetricsLogger:
             self.tensorboard = SummaryWriter(
                 str(out / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None
             )
-        self.bar = tqdm(
-            total=recipe.train.steps, initial=resumed_step, desc=recipe.name, unit="step", dynamic_ncols=True
-        )
+        self.name, self.steps = recipe.name, recipe.train.steps
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=self.steps, initial=resumed_step, desc=self.name, unit="step", dynamic_ncols=True)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -68,15 +74,24 @@ class MetricsLogger:
                 if key != "step":
                     self.tensorboard.add_scalar(key, value, record["step"])
             self.tensorboard.flush()
-        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        else:
+            print(
+                f"{self.name}: step {record['step']}/{self.steps}, loss {record['loss']:.3f}, "
+                f"{record['tokens_per_s']:.0f} tokens/s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def advance(self) -> None:
-        if self.enabled:
+        if self.enabled and self.bar is not None:
             self.bar.update(1)
 
     def close(self) -> None:
         if self.enabled:
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
             self.file.close()
             self.run.finish()
             if self.tensorboard:
