@@ -102,5 +102,5 @@ def test_no_host_sync_between_logging_steps(workspace, tmp_path):
     guard = Counter(name for k, name, who in reads if k in quiet and who == "guard")
     assert guard == {"cpu": len(quiet), "tolist": len(quiet)}  # one read-back of the two flags per micro-batch
     # the logging steps do read: the window's sums once a record
-    logged = Counter(who for k, _, who in reads if k and k % EVERY == 0 and who.startswith("train/loop.py"))
+    logged = Counter(who for k, _, who in reads if k and k % EVERY == 0 and who.startswith("train/window.py"))
     assert logged, "a logging step reads its window back"

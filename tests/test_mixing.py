@@ -14,11 +14,13 @@ import torch.distributed as dist
 from conftest import SMOKE, unimodal
 
 from unimodal.config import RecipeError
-from unimodal.data.balance import MixBoard, MixPolicy, bounded, loss_aware_mix
 from unimodal.data.loader import build_train_loader
-from unimodal.data.mixing import cumulative, slot_sampler
+from unimodal.data.mix.balancer import Balancer
+from unimodal.data.mix.board import MixBoard
+from unimodal.data.mix.policies import MixPolicy, bounded, loss_aware_mix
+from unimodal.data.mix.sampler import cumulative, slot_sampler
 from unimodal.recipe import load_recipe
-from unimodal.train.balancer import Balancer
+from unimodal.train.comm import all_reduce_sum
 
 DRAWS = 20_000
 STAGE2 = ["digit-captions", "number-words", "spoken-digits", "moving-digits"]
@@ -140,7 +142,7 @@ def test_weyl_sequence_never_draws_a_task_at_zero():
 
 def test_logged_mix_is_the_window_mean_of_the_target_and_the_trained_share(in_workspace):
     recipe = load_recipe(SMOKE / "stage1.yaml", sampling("{ramp: {dataset: number-words, steps: 4}}"))
-    balancer = Balancer(recipe, build_train_loader(recipe, 0), steps_done=0)
+    balancer = Balancer(recipe, build_train_loader(recipe, 0).dataset.board, 0, all_reduce_sum)
     for done in (1, 2, 3, 4):  # number-words at factors 0, 1/4, 1/2, 3/4: shares 0, 1/5, 1/3, 3/7
         balancer.step(done)
     rec = balancer.record({"samples/digit-captions": 30, "samples/number-words": 10})
@@ -185,7 +187,9 @@ def trainer(recipe, start: dict | None, until: int) -> tuple[list[list[str]], li
     if start:
         step = start["step"]
         loader.load_state_dict(start["loader"])
-    balancer = Balancer(recipe, loader, step, start and start["balance"])
+    balancer = Balancer(recipe, loader.dataset.board, step, all_reduce_sum)
+    if start:
+        balancer.load_state_dict(start["balance"])
     batches, tasks, targets = iter(loader), [], []
     while step < until:
         drawn = []

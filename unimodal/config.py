@@ -220,7 +220,7 @@ class SamplingConfig(Strict):
     weights      p_i proportional to datasets[i].weight
     temperature  p_i proportional to n_i^(1/T), n_i the dataset's samples in index.json
     loss_aware   starts from weights (or from sizes when `temperature` is set); every
-                 `update_every` steps the tasks whose loss fell least get more (unimodal/data/balance.py)
+                 `update_every` steps the tasks whose loss fell least get more (unimodal/data/mix/)
     """
 
     strategy: Literal["weights", "temperature", "loss_aware"] = "weights"

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from unimodal.config import Recipe, RecipeError, expand_shards
-from unimodal.data.balance import MixPolicy, dataset_sizes
 from unimodal.data.decode import BadSample, decode_example
-from unimodal.data.mixing import cumulative, slot_sampler
+from unimodal.data.mix.policies import MixPolicy, dataset_sizes
+from unimodal.data.mix.sampler import cumulative, slot_sampler
 from unimodal.data.packing import fill_batch
 from unimodal.data.stream import BrokenShard, read_shard
 from unimodal.recipe import load_recipe, read_yaml

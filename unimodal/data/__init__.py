@@ -1,1 +1,1 @@
-"""Shards to Examples: field conventions, safe decoders, streams, task mixing, the training loader."""
+"""Shards to Examples: field conventions, safe decoders, streams, the task mix (mix/), the training loader."""

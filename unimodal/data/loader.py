@@ -2,7 +2,7 @@
 
 Each worker owns one `ShardStream` per dataset and a TaskSampler; it decodes,
 tokenizes and collates, so the training process only receives ready tensors.
-A batch's target mix depends on its training step (unimodal/data/balance.py).
+A batch's target mix depends on its training step (unimodal/data/mix/policies.py).
 Workers take turns, so batch j of worker w (of W) is the loader's batch
 j * W + w, which falls in training step (j * W + w) // accumulation.
 Broken samples (undecodable media, missing fields, truncated shards) are
@@ -28,9 +28,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from unimodal.config import DatasetConfig, Recipe, expand_shards
-from unimodal.data.balance import MixBoard, MixPolicy
 from unimodal.data.decode import BadSample, decode_example
-from unimodal.data.mixing import cumulative, slot_sampler
+from unimodal.data.mix.board import MixBoard
+from unimodal.data.mix.policies import MixPolicy
+from unimodal.data.mix.sampler import cumulative, slot_sampler
 from unimodal.data.packing import fill_batch
 from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.data.transport import pack, unpack

@@ -1,39 +1,38 @@
-"""One curriculum stage on this rank: the training loop.
+"""One curriculum stage on this rank: the training loop, read top to bottom.
 
 Launched once per rank by `deepspeed`, `torchrun` or SLURM (see
-`unimodal.train.__main__`). Each step pulls a ready batch from the loader,
+`unimodal.train.__main__`). `train` builds the model, engine and loader;
+resumes; loops; finishes. Each step pulls a ready batch from the loader,
 runs DeepSpeed's forward/backward/step, and every `logging.every` steps
 all-reduces the window's sums so rank 0 can log global numbers. Before each
 backward pass the ranks agree whether to skip the batch (a non-finite loss)
 and whether a stop signal came (unimodal/train/guard.py); a stopped run saves
-a checkpoint and returns None. A checkpoint holds everything the steps after
-it depend on, so a resumed run logs, on CPU, exactly the uninterrupted run's losses.
+a checkpoint and returns None. The trainer's stateful parts (loader position,
+data counts, balancer, metrics window, random state) are handed by name to the
+`Checkpointer` (unimodal/train/state.py), which saves them with the engine in
+every checkpoint: a resumed run logs, on CPU, exactly the uninterrupted run's losses.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 
-from unimodal.config import Recipe, expand_shards
-from unimodal.data.index import shard_samples
+from unimodal.config import Recipe
 from unimodal.data.loader import build_train_loader
+from unimodal.data.mix.balancer import Balancer
 from unimodal.model import UnifiedModel, count_parameters
 from unimodal.model.distill import DistillPlan
 from unimodal.model.flops import batch_train_flops
 from unimodal.model.pretrained import save_weights
 from unimodal.model.transformer import compiled_graphs
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.tokenize.sequence import IGNORE_INDEX
-from unimodal.train.balancer import Balancer
-from unimodal.train.checkpoint import DONE, full_state_dict, load_latest, remove_partial, save_checkpoint
+from unimodal.train.checkpoint import DONE, full_state_dict, remove_partial
 from unimodal.train.comm import all_reduce_sum, init_distributed
 from unimodal.train.engine import build_engine, model_config
 from unimodal.train.feed import DeviceFeed
@@ -43,103 +42,11 @@ from unimodal.train.memory import peak_memory_mib
 from unimodal.train.metrics import MetricsLogger
 from unimodal.train.mfu import peak_flops
 from unimodal.train.resume import agree
-from unimodal.train.rng import rng_state, set_rng_state
+from unimodal.train.rng import RNGState
 from unimodal.train.sample_log import SampleLog
 from unimodal.train.start import check_start, describe, init_weights, layout, load_optimizer_state
-
-
-class Window:
-    """Sums over the steps since the last log record, reduced across ranks when logged.
-
-    What comes from the host batch (tokens, samples, FLOPs, data wait) is summed
-    on the host; the losses stay on the device and are read back only when the
-    window is logged or saved, so the step never waits for them.
-    """
-
-    HOST = ("steps", "tokens", "samples", "padded", "data_wait", "flops")
-
-    def __init__(self, n_datasets: int, device: torch.device):
-        self.n, self.device = n_datasets, device
-        self.reset()
-
-    def reset(self) -> None:
-        self.host = np.zeros(len(self.HOST) + self.n)  # then samples per dataset
-        self.losses = torch.zeros(1 + self.n, dtype=torch.float64, device=self.device)  # loss; per dataset
-        self.start = time.perf_counter()
-
-    def add(self, out: dict, batch: dict, host_batch: dict, data_wait: float, flops: int) -> None:
-        """One micro-batch: the model's outputs, its batch on the device and as the loader gave it (host tensors)."""
-        enc_mask, dec_out = host_batch["enc_mask"].numpy(), host_batch["dec_out"].numpy()
-        dataset = host_batch["dataset"].numpy()
-        real = int(enc_mask.sum() + (dec_out != IGNORE_INDEX).sum())
-        self.host[: len(self.HOST)] += [1, real, len(dataset), enc_mask.size + dec_out.size, data_wait, flops]
-        self.host[len(self.HOST) :] += np.bincount(dataset, minlength=self.n)
-        self.losses[0] += out["loss"].detach().double()
-        self.losses[1:].index_add_(0, batch["dataset"], out["sample_loss"].detach().double())
-
-    def record(self, step: int, lr: float, names: list[str], world: int, peak: float | None) -> dict:
-        local = torch.cat([torch.from_numpy(self.host), self.losses.cpu()])
-        sums = all_reduce_sum(local).tolist()
-        elapsed = time.perf_counter() - self.start
-        steps, tokens, samples, padded, wait, flops = sums[: len(self.HOST)]
-        counts, losses = sums[len(self.HOST) : len(self.HOST) + self.n], sums[len(self.HOST) + self.n :]
-        rec = {
-            "step": step,
-            "loss": losses[0] / steps,
-            "lr": lr,
-            "tokens_per_s": tokens / elapsed,
-            "samples_per_s": samples / elapsed,
-            "padding_efficiency": tokens / padded,
-            "data_wait_s": wait / world,
-            "tflops_per_s": flops / elapsed / 1e12,
-        }
-        if peak:
-            rec["mfu"] = flops / elapsed / (peak * world)
-        for name, count, loss in zip(names, counts, losses[1:]):
-            if count:
-                rec[f"loss/{name}"] = loss / count
-                rec[f"samples/{name}"] = int(count)
-        self.reset()
-        return rec
-
-    def state_dict(self) -> dict:
-        return {"host": self.host.tolist(), "losses": self.losses.tolist()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.host = np.array(state["host"], dtype=np.float64)
-        self.losses = torch.tensor(state["losses"], dtype=torch.float64, device=self.device)
-
-
-class DataCounts:
-    """Samples consumed and skipped per dataset over the whole stage, for epochs and broken data.
-
-    Kept in the checkpoint, so the counts run on across a resume.
-    """
-
-    def __init__(self, recipe: Recipe, state: dict | None = None):
-        self.names = [d.name for d in recipe.data.datasets]
-        self.sizes = {d.name: sum(shard_samples(expand_shards(d.shards)) or [0]) for d in recipe.data.datasets}
-        self.seen = Counter(state["seen"]) if state else Counter()
-        self.skipped = Counter(state["skipped"]) if state else Counter()
-
-    def add(self, meta: dict) -> None:
-        self.seen.update(key.split("/", 1)[0] for key in meta["keys"])
-        self.skipped.update(meta["skipped"])
-
-    def state_dict(self) -> dict:
-        return {"seen": dict(self.seen), "skipped": dict(self.skipped)}
-
-    def record(self) -> dict:
-        """Totals over all ranks: epochs per dataset (where index.json gives its size), skips."""
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self.state_dict())
-        seen, skipped = Counter(), Counter()
-        for part in parts:
-            seen.update(part["seen"])
-            skipped.update(part["skipped"])
-        rec = {f"epochs/{n}": seen[n] / self.sizes[n] for n in self.names if self.sizes[n]}
-        rec.update({f"skipped/{k}": v for k, v in sorted(skipped.items())})
-        return rec
+from unimodal.train.state import Checkpointer
+from unimodal.train.window import DataCounts, Window
 
 
 def train(recipe: Recipe, resume: bool = True) -> dict | None:
@@ -148,6 +55,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     It resumes from the stage's checkpoint if its output directory holds one
     (unimodal/train/resume.py); `resume=False` starts over, the earlier run moved aside.
     """
+    # build
     guard = StepGuard(recipe.name, recipe.train.max_nonfinite_steps)  # first: a stop signal must not kill the rank
     init_distributed(recipe.train.collective_timeout_s)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -178,16 +86,11 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     feed = DeviceFeed(device, dtype)
     peak, peak_source = peak_flops(device, dtype)
 
-    step, mine = 0, None  # mine: this rank's part of the checkpoint
-    client_state = load_latest(engine, ckpt_dir) if resuming else None
-    if client_state is not None:
-        step, guard.skipped = int(client_state["step"]), int(client_state["skipped_nonfinite"])
-        if len(client_state["ranks"]) != world:
-            raise ValueError(f"{ckpt_dir}: saved by {len(client_state['ranks'])} ranks, resumed on {world}")
-        mine = client_state["ranks"][rank]
-        loader.load_state_dict(mine["loader"])
-    counts = DataCounts(recipe, mine["data"] if mine else None)
-    balancer = Balancer(recipe, loader, step, mine["balance"] if mine else None, device)
+    # resume: the engine and the step first, then each stateful part in its turn
+    checkpoints = Checkpointer(engine, ckpt_dir, recipe.train.keep_checkpoints)
+    step, guard.skipped = checkpoints.load() if resuming else (0, 0)
+    counts = DataCounts(recipe)
+    balancer = Balancer(recipe, loader.dataset.board, step, all_reduce_sum, device)
     if rank == 0:
         remove_partial(ckpt_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,10 +105,12 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
     sample_log = SampleLog(out_dir, rank, step, recipe.logging.sample_log)
     window = Window(len(names), device)
+    checkpoints.track({"loader": loader, "data": counts, "balance": balancer, "window": window, "rng": RNGState()})
+    checkpoints.restore("loader", "data", "balance")  # the workers' positions and the mixes in force: before they start
     batches = iter(loader)  # draws the workers' seeds from torch's generator: before its state is restored
-    if mine:
-        window.load_state_dict(mine["window"])
-        set_rng_state(mine["rng"])
+    checkpoints.restore("window", "rng")
+
+    # loop: batch, forward, guard, backward, step; log; checkpoint
     started, start_step = time.perf_counter(), step
     tokens_per_s = []
     while step < recipe.train.steps and not guard.stop:
@@ -240,19 +145,11 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps or guard.stop:
-            # DeepSpeed writes client_state from rank 0 only: it carries every rank's part
-            ranks = [None] * world
-            part = {
-                "loader": loader.state_dict(),
-                "data": counts.state_dict(),
-                "balance": balancer.state_dict(),
-                "window": window.state_dict(),
-                "rng": rng_state(),
-            }
-            dist.all_gather_object(ranks, part)
             sample_log.flush()
-            client = {"step": step, "skipped_nonfinite": guard.skipped, "ranks": ranks}
-            save_checkpoint(engine, ckpt_dir, step, client, recipe.train.keep_checkpoints)
+            checkpoints.save(step, guard.skipped)
+
+    # finish: stopped by a signal, or the weights and done.json for the next stage
+    done = None
     if step < recipe.train.steps:
         if rank == 0:
             print(
@@ -260,25 +157,22 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
                 "run it again to go on",
                 flush=True,
             )
-        logger.close()
-        sample_log.close()
-        return None
-
-    state = full_state_dict(engine)
-    done = {
-        "stage": recipe.name,
-        "steps": step,
-        **layout(recipe, world),  # world_size, zero_stage, precision: what carry: optimizer must match
-        "tokens_per_s": sum(tokens_per_s) / max(1, len(tokens_per_s)),
-        "seconds": time.perf_counter() - started,
-        "steps_this_run": step - start_step,
-        "parameters": n_params,
-        "trainable_parameters": n_trainable,
-    }
-    done["peak_memory_mib"], done["peak_memory_of"] = peak_memory_mib(device)
-    if rank == 0:
-        save_weights(out_dir, state, cfg)
-        (out_dir / DONE).write_text(json.dumps(done, indent=2))
+    else:
+        state = full_state_dict(engine)
+        done = {
+            "stage": recipe.name,
+            "steps": step,
+            **layout(recipe, world),  # world_size, zero_stage, precision: what carry: optimizer must match
+            "tokens_per_s": sum(tokens_per_s) / max(1, len(tokens_per_s)),
+            "seconds": time.perf_counter() - started,
+            "steps_this_run": step - start_step,
+            "parameters": n_params,
+            "trainable_parameters": n_trainable,
+        }
+        done["peak_memory_mib"], done["peak_memory_of"] = peak_memory_mib(device)
+        if rank == 0:
+            save_weights(out_dir, state, cfg)
+            (out_dir / DONE).write_text(json.dumps(done, indent=2))
     logger.close()
     sample_log.close()
     return done

@@ -18,24 +18,26 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 
-def rng_state() -> dict[str, Any]:
-    version, words, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(words), gauss],
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if get_accelerator().device_name() != "cpu":
-        state["accelerator"] = get_accelerator().get_rng_state()
-    return state
+class RNGState:
+    """This process's random generators, as a stateful part of the checkpoint (unimodal/train/state.py)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        version, words, gauss = random.getstate()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": [version, list(words), gauss],
+            "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+        }
+        if get_accelerator().device_name() != "cpu":
+            state["accelerator"] = get_accelerator().get_rng_state()
+        return state
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, words, gauss = state["python"]
-    random.setstate((version, tuple(words), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "accelerator" in state:
-        get_accelerator().set_rng_state(state["accelerator"])
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, words, gauss = state["python"]
+        random.setstate((version, tuple(words), gauss))
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "accelerator" in state:
+            get_accelerator().set_rng_state(state["accelerator"])

@@ -1,12 +1,14 @@
 """The trainer's side of task balancing: loss-aware updates, and the mix in the logs.
 
 With `strategy: loss_aware` every rank sums its per-task losses; every
-`update_every` steps the sums are all-reduced, so all ranks compute the same
+`update_every` steps the sums are all-reduced (with the trainer's all-reduce,
+handed in: this package sits below the trainer), so all ranks compute the same
 new mix and publish it on their own loader's MixBoard, to apply `lag` steps
-later (unimodal/data/balance.py). The mixes that may still apply and the
-partial sums go into each checkpoint: a resumed run republishes them before
-its workers start, so its batches follow the mixes of the run it continues,
-even where the losses themselves would not come out bit for bit (GPU kernels).
+later (unimodal/data/mix/board.py). The mixes that may still apply and the
+partial sums are the balancer's state, in each checkpoint: a resumed run
+restores them before its workers start, so its batches follow the mixes of the
+run it continues, even where the losses themselves would not come out bit for
+bit (GPU kernels).
 
 Logged per task: `mix/<name>`, the share of samples trained in the window
 (all ranks), next to `mix_target/<name>`, the target mix averaged over the
@@ -15,21 +17,34 @@ window's steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from unimodal.config import Recipe
-from unimodal.data.balance import MixPolicy, loss_aware_mix
-from unimodal.train.comm import all_reduce_sum
+from unimodal.data.mix.board import MixBoard
+from unimodal.data.mix.policies import MixPolicy, loss_aware_mix
 
 
 class Balancer:
+    """The mix's trainer side on one rank; `board` is its loader's (None unless loss-aware).
+
+    `all_reduce` sums a host tensor over all ranks, returning a new host tensor
+    (unimodal/train/comm.py's `all_reduce_sum`).
+    """
+
     def __init__(
-        self, recipe: Recipe, loader, steps_done: int, state: dict | None = None, device: torch.device | str = "cpu"
+        self,
+        recipe: Recipe,
+        board: MixBoard | None,
+        steps_done: int,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device | str = "cpu",
     ):
         self.names = [ds.name for ds in recipe.data.datasets]
         self.sampling = recipe.data.sampling
-        self.board = loader.dataset.board  # None unless loss-aware
+        self.board, self.all_reduce, self.device = board, all_reduce, device
         self.policy = MixPolicy(recipe, self.board)
         n = len(self.names)
         # per task: loss sum, samples; since the last update. On the device: read back only when the mix is updated
@@ -37,12 +52,6 @@ class Balancer:
         self.previous = np.full(n, np.nan)  # per task: mean loss in the last update window that saw it
         self.live: list[tuple[int, list[float]]] = []  # (applies from step, mix): published, possibly still in force
         self.target_sum, self.target_steps = np.zeros(n), 0
-        if state:
-            self.sums = torch.tensor(state["sums"], dtype=torch.float64, device=device)
-            self.previous = np.array(state["previous"], dtype=np.float64)
-            self.target_sum, self.target_steps = np.array(state["target_sum"]), int(state["target_steps"])
-            for apply_from, mix in state["live"]:
-                self._publish(apply_from, np.array(mix))
         if self.board is not None:
             self.board.finalise(steps_done)
 
@@ -61,7 +70,7 @@ class Balancer:
         if self.board is None:
             return
         if done % self.sampling.update_every == 0:
-            sums = all_reduce_sum(self.sums)
+            sums = self.all_reduce(self.sums)
             self.sums.zero_()
             n = len(self.names)
             loss, count = sums[:n].numpy(), sums[n:].numpy()
@@ -94,3 +103,11 @@ class Balancer:
             "target_sum": self.target_sum.tolist(),  # the log window's, so a resumed run logs the same mix_target
             "target_steps": self.target_steps,
         }
+
+    def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's state, the mixes that may still apply republished: before the loader's workers start."""
+        self.sums = torch.tensor(state["sums"], dtype=torch.float64, device=self.device)
+        self.previous = np.array(state["previous"], dtype=np.float64)
+        self.target_sum, self.target_steps = np.array(state["target_sum"]), int(state["target_steps"])
+        for apply_from, mix in state["live"]:
+            self._publish(apply_from, np.array(mix))

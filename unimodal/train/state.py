@@ -1,0 +1,68 @@
+"""The trainer's resumable state: DeepSpeed's engine, the step, and each rank's named stateful parts.
+
+The trainer hands its stateful parts to a `Checkpointer` once, by name, as a
+dict (the loader's position, the data counts, the balancer, the metrics window,
+the random generators). A part is anything with `state_dict()` and
+`load_state_dict(state)`, as torch's modules and StatefulDataLoader have.
+The engine's state (model, optimiser, scheduler) goes through DeepSpeed's
+checkpoint (unimodal/train/checkpoint.py); ours rides in its `client_state`,
+which DeepSpeed writes from rank 0 only, so a save gathers every rank's parts:
+
+    {"step": 8, "skipped_nonfinite": 0, "ranks": [{"loader": ..., "data": ..., ...}, ...]}
+
+A resume loads the engine and reads the step first (`load`), then hands each
+part its state when its turn comes (`restore`): some before the loader's
+workers start, the random state after (see unimodal/train/loop.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch.distributed as dist
+
+from unimodal.train.checkpoint import load_latest, save_checkpoint
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Checkpointer:
+    """Saves the engine and the named parts to `ckpt_dir`, keeping the newest `keep`; loads them back."""
+
+    def __init__(self, engine, ckpt_dir: Path, keep: int):
+        self.engine, self.dir, self.keep = engine, ckpt_dir, keep
+        self.parts: dict[str, Stateful] = {}
+        self.saved: dict[str, Any] | None = None  # this rank's parts in the checkpoint loaded
+
+    def load(self) -> tuple[int, int]:
+        """Load the latest checkpoint into the engine: its step and its steps skipped as non-finite."""
+        client_state = load_latest(self.engine, self.dir)
+        if client_state is None:
+            return 0, 0
+        saved_by, world = len(client_state["ranks"]), dist.get_world_size()
+        if saved_by != world:
+            raise ValueError(f"{self.dir}: saved by {saved_by} ranks, resumed on {world}")
+        self.saved = client_state["ranks"][dist.get_rank()]
+        return int(client_state["step"]), int(client_state["skipped_nonfinite"])
+
+    def track(self, parts: dict[str, Stateful]) -> None:
+        """The parts each checkpoint holds, by the names they are saved under."""
+        self.parts = parts
+
+    def restore(self, *names: str) -> None:
+        """Hand the named parts, in this order, their state in the checkpoint loaded (none when starting fresh)."""
+        if self.saved:
+            for name in names:
+                self.parts[name].load_state_dict(self.saved[name])
+
+    def save(self, step: int, skipped_nonfinite: int) -> None:
+        """Checkpoint step `step` (all ranks call this)."""
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, {name: part.state_dict() for name, part in self.parts.items()})
+        client_state = {"step": step, "skipped_nonfinite": skipped_nonfinite, "ranks": ranks}
+        save_checkpoint(self.engine, self.dir, step, client_state, self.keep)
