@@ -486,6 +486,12 @@ class TrainConfig(Strict):
     stale_lock_s: float = Field(900, gt=0)
     output_dir: Path
     max_new_tokens: int = Field(24, gt=0)  # greedy decoding length at evaluation
+    # validation during training: every N steps (not at step 0), each dataset's held-out loss and metrics on the
+    # first eval_samples of its eval_shards, logged as val/<dataset>/... (unimodal/train/validate.py); absent: none
+    eval_every: int | None = Field(None, gt=0)
+    eval_samples: int = Field(
+        256, gt=0
+    )  # per dataset, the first N decodable samples of eval_shards, the same each time
 
 
 class WandbConfig(Strict):
@@ -531,6 +537,12 @@ class Recipe(Strict):
             raise ValueError(
                 "train.trainable: names adapter, but model.adapter is not set (e.g. model.adapter: {dim: 64})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_needs_eval_shards(self) -> Recipe:
+        if self.train.eval_every and all(d.eval_shards is None for d in self.data.datasets):
+            raise ValueError("train.eval_every: no dataset has eval_shards to validate on")
         return self
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from unimodal.config import DatasetConfig, Recipe, RecipeError, expand_shards, r
 from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.eval.metrics import accuracy, bleu, exact_match, recall_at_k, word_error_rate
-from unimodal.eval.objectives import Batches, generated_texts, masked_tokens, match_predictions, pair_similarities
+from unimodal.eval.objectives import Batches, generated_texts, masked_tokens, match_predictions, pair_embeddings
 from unimodal.model import UnifiedModel
 from unimodal.model.pretrained import NotPretrained, load_pretrained
 from unimodal.tokenize.multimodal import MultimodalTokenizer
@@ -90,18 +90,47 @@ def _batches(examples: Iterator, tokenizer: MultimodalTokenizer, batch_size: int
         yield collate_rows(pair_negatives([[s] for s in seqs]), tokenizer.patch_dims, BOS_ID), refs
 
 
+def subset_batches(
+    recipe: Recipe, d: int, ds: DatasetConfig, tokenizer: MultimodalTokenizer, samples: int, batch_size: int
+) -> list:
+    """The first `samples` decodable held-out samples of dataset `d`, as (batch, reference texts): the same every call."""
+    counts = {"samples": 0, "skipped": 0}
+    batches = list(_batches(islice(_examples(recipe, d, ds, tokenizer, counts), samples), tokenizer, batch_size))
+    if not batches:
+        raise RecipeError(f"dataset {ds.name}: no decodable sample in eval_shards ({counts['skipped']} skipped)")
+    return batches
+
+
+def predict(
+    ds: DatasetConfig, model: UnifiedModel, batches: Batches, tokenizer: MultimodalTokenizer, max_new_tokens: int
+) -> tuple:
+    """What `ds`'s metrics are computed from, one entry per sample, so that the parts from several passes
+    concatenate (lists and tensors, in batch order) into what one pass over all their batches gives:
+    seq2seq (hypotheses, references); contrastive (view embeddings [N, 2, d],); mlm, itm (predicted, truth).
+    """
+    if ds.objective == "seq2seq":
+        return generated_texts(model, batches, tokenizer.text, max_new_tokens)
+    if ds.objective == "contrastive":
+        return (pair_embeddings(model, batches),)
+    return (masked_tokens if ds.objective == "mlm" else match_predictions)(model, batches)
+
+
+def metrics_of(ds: DatasetConfig, predictions: tuple) -> dict[str, float]:
+    """{metric: value} for the metrics `ds` names, from `predict`'s output over the whole eval set."""
+    if ds.objective == "seq2seq":
+        return {m: TEXT_METRICS[m](*predictions) for m in ds.metrics}
+    if ds.objective == "contrastive":  # retrieval both ways, averaged
+        z = predictions[0]
+        sim, ks = z[:, 0] @ z[:, 1].T, {m: recall_k(m) for m in ds.metrics}
+        return {m: (recall_at_k(sim, k) + recall_at_k(sim.T, k)) / 2 for m, k in ks.items()}
+    return {"accuracy": accuracy(*predictions)}
+
+
 def score(
     ds: DatasetConfig, model: UnifiedModel, batches: Batches, tokenizer: MultimodalTokenizer, max_new_tokens: int
 ) -> dict[str, float]:
     """{metric: value} for the metrics `ds` names, from one pass of the model over its batches."""
-    if ds.objective == "seq2seq":
-        hypotheses, references = generated_texts(model, batches, tokenizer.text, max_new_tokens)
-        return {m: TEXT_METRICS[m](hypotheses, references) for m in ds.metrics}
-    if ds.objective == "contrastive":  # retrieval both ways, averaged
-        sim, ks = pair_similarities(model, batches), {m: recall_k(m) for m in ds.metrics}
-        return {m: (recall_at_k(sim, k) + recall_at_k(sim.T, k)) / 2 for m, k in ks.items()}
-    predicted, truth = (masked_tokens if ds.objective == "mlm" else match_predictions)(model, batches)
-    return {"accuracy": accuracy(predicted, truth)}
+    return metrics_of(ds, predict(ds, model, batches, tokenizer, max_new_tokens))
 
 
 @torch.no_grad()

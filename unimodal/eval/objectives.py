@@ -3,7 +3,7 @@
     seq2seq      generated_texts     greedy decoding: (hypotheses, references)
     mlm          masked_tokens       argmax of the tied LM head at masked text tokens: (predicted, true ids)
     itm          match_predictions   matched and mismatched views (logit > 0 means matched): (said, truth)
-    contrastive  pair_similarities   cosine similarity of every first view to every second [N, N]
+    contrastive  pair_embeddings     unit vectors of each sample's two views [N, 2, d] (compared by cosine)
 
 mim has no held-out metric (see unimodal/config.py). Each takes (batch,
 reference texts) pairs; unimodal/eval/metrics.py scores what they return.
@@ -54,7 +54,6 @@ def match_predictions(model: UnifiedModel, batches: Batches) -> tuple[torch.Tens
     return torch.cat(said), torch.cat(truth)
 
 
-def pair_similarities(model: UnifiedModel, batches: Batches) -> torch.Tensor:
-    """[N, N] over the whole eval set: row i is sample i's first view against every second view."""
-    z = torch.cat([model.embed(batch) for batch, _ in batches])  # [N, 2, d], unit vectors
-    return z[:, 0] @ z[:, 1].T
+def pair_embeddings(model: UnifiedModel, batches: Batches) -> torch.Tensor:
+    """[N, 2, d] over the whole eval set: sample i's views as unit vectors, so z[:, 0] @ z[:, 1].T are cosines."""
+    return torch.cat([model.embed(batch) for batch, _ in batches])

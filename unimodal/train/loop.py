@@ -46,6 +46,7 @@ from unimodal.train.rng import RNGState
 from unimodal.train.sample_log import SampleLog
 from unimodal.train.start import check_start, describe, init_weights, layout, load_optimizer_state
 from unimodal.train.state import Checkpointer
+from unimodal.train.validate import Validator
 from unimodal.train.window import DataCounts, Window
 
 
@@ -85,6 +86,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     )
     feed = DeviceFeed(device, dtype)
     peak, peak_source = peak_flops(device, dtype)
+    validator = Validator(recipe, engine, cfg, feed) if recipe.train.eval_every else None
 
     # resume: the engine and the step first, then each stateful part in its turn
     checkpoints = Checkpointer(engine, ckpt_dir, recipe.train.keep_checkpoints)
@@ -144,6 +146,8 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
                 record["compiled_graphs"] = compiled_graphs()
             tokens_per_s.append(record["tokens_per_s"])
             logger.log(record)
+        if validator and step % recipe.train.eval_every == 0:  # before the checkpoint: a resume redoes what follows it
+            logger.log(validator(step))
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps or guard.stop:
             sample_log.flush()
             checkpoints.save(step, guard.skipped)

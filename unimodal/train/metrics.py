@@ -1,5 +1,9 @@
 """Where training numbers go: wandb, TensorBoard if asked, `metrics.jsonl`, and progress (rank 0 only).
 
+Training records carry `loss`; validation records (`val/<dataset>/...`,
+unimodal/train/validate.py) share the step of a training record and go to the
+same places, and to one line of progress each.
+
 Progress follows the usual convention: a live bar when stderr is a terminal,
 and where it is not (a log file: CI, SLURM's slurm-*.out) one plain line per
 record, so a log holds no carriage-return updates.
@@ -74,7 +78,10 @@ class MetricsLogger:
                 if key != "step":
                     self.tensorboard.add_scalar(key, value, record["step"])
             self.tensorboard.flush()
-        if self.bar is not None:
+        if "loss" not in record:  # a validation record (unimodal/train/validate.py): one line, above a live bar
+            values = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k != "step")
+            tqdm.write(f"{self.name}: step {record['step']}, {values}", file=sys.stderr)
+        elif self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
         else:
             print(

@@ -11,6 +11,8 @@ checkpoint holds no pickled NumPy objects.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -41,3 +43,13 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "accelerator" in state:
             get_accelerator().set_rng_state(state["accelerator"])
+
+
+@contextmanager
+def untouched() -> Iterator[None]:
+    """Work whose random draws training must not see (validation): the generators are as before it, after it."""
+    saved = RNGState().state_dict()
+    try:
+        yield
+    finally:
+        RNGState().load_state_dict(saved)
