@@ -59,6 +59,31 @@ def test_a_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(tmp_p
     assert [r["loss"] for r in records(tmp_path)] == [4.0, 2.5, 1.5]
 
 
+def test_validation_records_reach_tensorboard_a_line_of_progress_and_the_report(tmp_path, capsys):
+    recipe = load_recipe(
+        SMOKE / "stage1.yaml",
+        [f"train.output_dir={tmp_path}", "logging.tensorboard=true", "logging.wandb.mode=disabled"],
+        check_files=False,
+    )
+    logger = MetricsLogger(recipe, 0, enabled=True)
+    for step in (1, 2, 3, 4):
+        train = {"loss": 5.0 - step, "loss/digit-captions": 5.0 - step, "tokens_per_s": 1.0, "samples_per_s": 1.0}
+        mix = {"mix/digit-captions": 1.0, "mix_target/digit-captions": 1.0}
+        logger.log({"step": step, **train, **mix, "padding_efficiency": 1.0, "data_wait_s": 0.0})
+        if step % 2 == 0:  # train.eval_every=2
+            logger.log({"step": step, "val/digit-captions/loss": 6.0 - step, "val/digit-captions/exact_match": 0.5})
+    logger.close()
+    assert "smoke-stage1: step 4, val/digit-captions/loss 2.000, val/digit-captions/exact_match 0.500" in (
+        capsys.readouterr().err
+    )
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("val/digit-captions/loss")] == [(2, 4.0), (4, 2.0)]
+    main(["report", str(tmp_path)])
+    text = (tmp_path / "report.txt").read_text()
+    assert "steps: 4 logged in 4 records" in text and "held-out loss at step 4: digit-captions 2.0000" in text
+
+
 def test_report_plots_and_summarises_a_run(tiny_run, capsys):
     main(["report", str(tiny_run)])
     for name in ("loss", "mix", "throughput"):

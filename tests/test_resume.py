@@ -28,6 +28,8 @@ SETS = [
     "logging.every=2",  # the checkpoint at step 3 falls inside a logging window: it must carry the window's sums
     "model.overrides.dropout=0.1",  # the trainer's RNG state matters
     "logging.sample_log=true",  # each rank's samples, step by step
+    f"train.eval_every={EVERY}",  # validation at each checkpoint's step: redone after the resume, training unchanged
+    "train.eval_samples=24",  # a batch of 16 on rank 0, of 8 on rank 1
 ]
 TIMING = {"tokens_per_s", "samples_per_s", "data_wait_s", "tflops_per_s", "mfu", "peak_memory_mib"}
 
@@ -95,6 +97,9 @@ def test_sigkill_while_saving_then_resume_gives_the_uninterrupted_losses(uninter
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming at step {EVERY}" in result.stdout
     assert deterministic(out) == deterministic(uninterrupted)  # every later step's loss, bit for bit
+    val = [r for r in deterministic(out) if "loss" not in r]  # validation records, equal across the resume too
+    assert [r["step"] for r in val] == [EVERY, 2 * EVERY, 3 * EVERY]
+    assert {"val/digit-captions/loss", "val/digit-captions/exact_match", "val/number-words/loss"} <= set(val[0])
     for rank in (0, 1):  # the same samples at every step: none repeated or skipped across the resume
         name = f"samples/rank{rank}.jsonl"
         assert (out / name).read_text() == (uninterrupted / name).read_text(), name

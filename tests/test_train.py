@@ -1,4 +1,5 @@
-"""Real 2-rank DeepSpeed runs on CPU: ZeRO-2 learns and its weights evaluate; ZeRO-3 takes ragged batches (resume: test_resume.py)."""
+"""Real 2-rank DeepSpeed runs on CPU: ZeRO-2 learns, validates as it goes and its weights evaluate; ZeRO-3 takes ragged
+batches (resume: test_resume.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pytest
 import torch
 from conftest import SMOKE, unimodal
 
-from unimodal.eval.harness import evaluate, load_model
+from unimodal.eval.harness import evaluate, load_model, score, subset_batches
 from unimodal.model.pretrained import load_weights
 from unimodal.recipe import load_recipe
+from unimodal.tokenize.multimodal import MultimodalTokenizer
+from unimodal.train.validate import BATCH
 
 STEPS, EVERY = 16, 8
+VAL_EVERY, VAL_SAMPLES = 4, 24  # validation during training: a batch of 16 on rank 0, of 8 on rank 1
 
 
 def run_args(out_dir) -> list[str]:
@@ -23,6 +27,10 @@ def run_args(out_dir) -> list[str]:
         f"train.checkpoint_every={EVERY}",
         "--set",
         "logging.every=1",
+        "--set",
+        f"train.eval_every={VAL_EVERY}",
+        "--set",
+        f"train.eval_samples={VAL_SAMPLES}",
         "--set",
         f"train.output_dir={out_dir}",
     ]
@@ -43,7 +51,7 @@ def uninterrupted(workspace):
 def test_two_rank_zero2_run_learns(uninterrupted, workspace):
     done = json.loads((uninterrupted / "done.json").read_text())
     assert (done["world_size"], done["zero_stage"], done["steps"]) == (2, 2, STEPS)
-    recs = records(uninterrupted)
+    recs = [r for r in records(uninterrupted) if "loss" in r]
     assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
     first, last = recs[0], recs[-1]
     assert last["loss"] < 0.7 * first["loss"]
@@ -60,6 +68,26 @@ def test_two_rank_zero2_run_learns(uninterrupted, workspace):
     assert list((uninterrupted / "checkpoints").glob("step*")) and (uninterrupted / "recipe.yaml").is_file()
     # the values used, overrides included, are saved beside the run
     assert load_recipe(uninterrupted / "recipe.yaml", check_files=False).train.steps == STEPS
+
+
+def test_validation_during_training_falls_and_is_a_one_process_evaluation(uninterrupted, in_workspace):
+    val = [r for r in records(uninterrupted) if "loss" not in r]
+    assert [r["step"] for r in val] == list(range(VAL_EVERY, STEPS + 1, VAL_EVERY))
+    for task in ("digit-captions", "number-words"):
+        assert val[-1][f"val/{task}/loss"] < val[0][f"val/{task}/loss"]
+    # the last one, on the stage's final weights: what one process scores on the same held-out samples
+    recipe = load_recipe(SMOKE / "stage1.yaml")
+    model = load_model(uninterrupted).eval()
+    tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets, recipe.seed)
+    with torch.no_grad():
+        for d, ds in enumerate(recipe.data.datasets):
+            batches = subset_batches(recipe, d, ds, tokenizer, VAL_SAMPLES, BATCH)
+            loss = torch.cat([model(b)["sample_loss"] for b, _ in batches]).double().mean().item()
+            assert val[-1][f"val/{ds.name}/loss"] == pytest.approx(loss, rel=1e-6)
+            assert (
+                val[-1][f"val/{ds.name}/exact_match"]
+                == score(ds, model, batches, tokenizer, recipe.train.max_new_tokens)["exact_match"]
+            )
 
 
 def test_evaluation_reads_the_stage_weights(uninterrupted, in_workspace):

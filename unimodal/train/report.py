@@ -1,8 +1,9 @@
 """`unimodal report RUN_DIR`: a finished or running stage's metrics.jsonl as plots and a few lines of text.
 
-For people who would rather look than read: loss per task, the achieved task
-mix against its target, and throughput (tokens/s, MFU) over the steps, as
-PNGs in RUN_DIR/plots/, and a summary on stdout and in RUN_DIR/report.txt.
+For people who would rather look than read: loss per task (with the held-out
+loss of validation during training, `train.eval_every`, beside it), the
+achieved task mix against its target, and throughput (tokens/s, MFU) over the
+steps, as PNGs in RUN_DIR/plots/, and a summary on stdout and in RUN_DIR/report.txt.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class NoMetrics(ValueError):
     """The run directory holds no training records to report on."""
 
 
-def training_records(run_dir: Path) -> list[dict]:
-    """The training records of metrics.jsonl (eval records, which carry no loss, left out)."""
+def read_records(run_dir: Path) -> list[dict]:
+    """Every record of metrics.jsonl: training, validation (`val/...`) and eval records."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise NoMetrics(f"{path}: not found (a run's output_dir holds it once it has logged)")
@@ -34,10 +35,21 @@ def training_records(run_dir: Path) -> list[dict]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise NoMetrics(f"{path}:{n}: not JSON ({err.msg})") from None
+    return records
+
+
+def training_records(records: list[dict], run_dir: Path) -> list[dict]:
+    """The training records (validation and eval records, which carry no `loss`, left out)."""
     train = [r for r in records if "loss" in r]
     if not train:
-        raise NoMetrics(f"{path}: no training record (one with a loss) yet")
+        raise NoMetrics(f"{run_dir / 'metrics.jsonl'}: no training record (one with a loss) yet")
     return train
+
+
+def val_losses(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """{dataset: (steps, held-out losses)} from the validation records."""
+    keys = dict.fromkeys(k for r in records for k in r if k.startswith("val/") and k.endswith("/loss"))
+    return {k.removeprefix("val/").removesuffix("/loss"): series(records, k) for k in keys}
 
 
 def datasets(records: list[dict], prefix: str) -> list[str]:
@@ -50,10 +62,16 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, [r[key] for r in records if key in r]
 
 
-def plot_loss(records: list[dict], path: Path) -> None:
+def plot_loss(records: list[dict], path: Path, held_out: dict[str, tuple[list[int], list[float]]]) -> None:
+    """Training loss per task, and each task's held-out loss (validation) dotted in its colour."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = {}
     for name in datasets(records, "loss"):
-        ax.plot(*series(records, f"loss/{name}"), label=name)
+        colours[name] = ax.plot(*series(records, f"loss/{name}"), label=name)[0].get_color()
+    for name, (steps, losses) in held_out.items():
+        ax.plot(steps, losses, color=colours.get(name), linestyle=":", marker="o")
+    if held_out:
+        ax.plot([], [], color="gray", linestyle=":", marker="o", label="held-out (validation), in its task's colour")
     ax.plot(*series(records, "loss"), color="black", linestyle="--", label="step loss (sum over objectives)")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="Loss per task")
     ax.grid(alpha=0.3)
@@ -111,7 +129,7 @@ def mean(records: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summary(run_dir: Path, records: list[dict]) -> str:
+def summary(run_dir: Path, records: list[dict], held_out: dict[str, tuple[list[int], list[float]]]) -> str:
     last = records[-1]
     done_file = run_dir / "done.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else None
@@ -123,6 +141,9 @@ def summary(run_dir: Path, records: list[dict]) -> str:
     lines = [f"run: {run_dir} ({state})", f"steps: {last['step']} logged in {len(records)} records"]
     losses = ", ".join(f"{n} {last[f'loss/{n}']:.4f}" for n in datasets([last], "loss"))
     lines.append(f"final loss: {last['loss']:.4f}" + (f" ({losses})" if losses else ""))
+    if held_out:
+        at = max(steps[-1] for steps, _ in held_out.values())
+        lines.append(f"held-out loss at step {at}: " + ", ".join(f"{n} {v[-1]:.4f}" for n, (_, v) in held_out.items()))
     throughput = (
         f"tokens/s: {mean(records, 'tokens_per_s'):.0f} mean, samples/s {mean(records, 'samples_per_s'):.1f} mean"
     )
@@ -147,13 +168,14 @@ def summary(run_dir: Path, records: list[dict]) -> str:
 def report(run_dir: str | Path) -> tuple[str, list[Path]]:
     """Write the plots and report.txt for `run_dir`; (the summary text, the PNG paths)."""
     run_dir = Path(run_dir)
-    records = training_records(run_dir)
+    every = read_records(run_dir)
+    records, held_out = training_records(every, run_dir), val_losses(every)
     plots = run_dir / PLOTS
     plots.mkdir(exist_ok=True)
-    written = []
-    for name, draw in (("loss", plot_loss), ("mix", plot_mix), ("throughput", plot_throughput)):
-        draw(records, plots / f"{name}.png")
-        written.append(plots / f"{name}.png")
-    text = summary(run_dir, records) + "\nplots: " + ", ".join(str(p) for p in written)
+    plot_loss(records, plots / "loss.png", held_out)
+    plot_mix(records, plots / "mix.png")
+    plot_throughput(records, plots / "throughput.png")
+    written = [plots / f"{name}.png" for name in ("loss", "mix", "throughput")]
+    text = summary(run_dir, records, held_out) + "\nplots: " + ", ".join(str(p) for p in written)
     (run_dir / SUMMARY).write_text(text + "\n")
     return text, written
