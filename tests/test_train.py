@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import SMOKE, unimodal
 
+from unimodal.config import RecipeError
 from unimodal.eval.harness import evaluate, load_model, score, subset_batches
 from unimodal.model.pretrained import load_weights
 from unimodal.recipe import load_recipe
@@ -88,6 +89,9 @@ def test_validation_during_training_falls_and_is_a_one_process_evaluation(uninte
                 val[-1][f"val/{ds.name}/exact_match"]
                 == score(ds, model, batches, tokenizer, recipe.train.max_new_tokens)["exact_match"]
             )
+    without = ["train.eval_every=4", "data.datasets.0.eval_shards=null", "data.datasets.1.eval_shards=null"]
+    with pytest.raises(RecipeError, match=r"train\.eval_every: no dataset has eval_shards to validate on"):
+        load_recipe(SMOKE / "stage1.yaml", without)
 
 
 def test_evaluation_reads_the_stage_weights(uninterrupted, in_workspace):
