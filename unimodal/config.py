@@ -346,7 +346,7 @@ class TokenizerConfig(Strict):
 
 
 class AdapterConfig(Strict):
-    """Residual MLP per contrastive view on the pooled encoder states (unimodal/model/adapter.py)."""
+    """Residual MLP per contrastive view on the pooled encoder states (unimodal/objectives/adapter.py)."""
 
     dim: int = Field(64, gt=0)  # hidden width; per view 2 d dim + 3 d + dim parameters (d: d_model)
 
