@@ -114,9 +114,8 @@ class DatasetConfig(Strict):
         if ratio is not None and o.mask_ratio is None:
             masking = [m.name for m in objectives() if m.mask_ratio is not None]
             raise ValueError(f"objective_options.mask_ratio: only for objectives {' and '.join(masking)}, not {o.name}")
-        if (
-            o.mask_ratio is not None and ratio is None
-        ):  # the default written out, so the run's saved recipe.yaml shows it
+        # the default written out, so the run's saved recipe.yaml shows it
+        if o.mask_ratio is not None and ratio is None:
             self.objective_options = ObjectiveOptions(mask_ratio=o.mask_ratio)
         wrong = [m for m in self.metrics if not any(fits(m, spec) for spec in o.metrics)]
         if wrong:
