@@ -37,7 +37,7 @@ from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.data.transport import pack, unpack
 from unimodal.data.worker_signals import serve_through_a_stop
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.tokenize.objectives import pair_negatives
+from unimodal.tokenize.objectives import complete_rows
 from unimodal.tokenize.sequence import TokenSequence, collate_rows
 from unimodal.tokenize.text import BOS_ID
 
@@ -171,7 +171,7 @@ class MixedBatches(IterableDataset):
         # samples set aside join self._pending: a later batch opens with them; they are part of the position
         packer, items = fill_batch(self._next_sample, self._pending, data.batch_tokens, data.pack_length)
         self.batches += 1
-        batch = collate_rows(pair_negatives(packer.rows), self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
+        batch = collate_rows(complete_rows(packer.rows), self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
         batch["meta"] = {
             "keys": [f"{self.datasets[d].name}/{raw['__key__']}" for d, raw, _ in items],
             "epochs": [raw["__epoch__"] for _, raw, _ in items],

@@ -29,7 +29,7 @@ class ModelConfig(Body):
     the vocab and patch dims from the tokenizer, and how the run executes it."""
 
     vocab_size: int
-    patch_dims: dict[str, int]  # flat patch size per entry of PATCH_MODALITIES
+    patch_dims: dict[str, int]  # flat patch size per entry of PATCH_MODALITIES, in that order
     attention: Attention = "auto"
     compile: bool = False  # torch.compile each Transformer block
     adapter_dim: int | None = None  # hidden width of the contrastive views' adapters; None: none
@@ -38,6 +38,7 @@ class ModelConfig(Body):
     def _check(self) -> ModelConfig:
         if set(self.patch_dims) != set(PATCH_MODALITIES):
             raise ValueError(f"patch_dims keys must be {PATCH_MODALITIES}, got {sorted(self.patch_dims)}")
+        self.patch_dims = {m: self.patch_dims[m] for m in PATCH_MODALITIES}  # the heads' order, whatever the source's
         if self.attention == "flex" and self.attention_dropout:
             raise ValueError(
                 f"attention: flex has no attention dropout; attention_dropout is {self.attention_dropout} (use sdpa)"

@@ -26,7 +26,7 @@ batches); N samples in all, numbered row-major:
     dec_sample long  [B, T]  the token's sample number, -1 at padding
                (the dec_* tensors hold seq2seq targets only: T is 0 in a batch without any)
     dataset    long  [N]     index of each sample's dataset in the recipe
-    objective  long  [N]     index of each sample's objective in OBJECTIVES
+    objective  long  [N]     each sample's objective, as `unimodal.objectives.objective_code` numbers it
 """
 
 from __future__ import annotations
@@ -37,14 +37,13 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from unimodal.config import OBJECTIVES
+from unimodal.objectives import objective_code
+from unimodal.objectives.seq2seq import IGNORE_INDEX, SEQ2SEQ
 
 MODALITIES = ("pad", "text", "image", "audio", "video")
 PATCH_MODALITIES = ("image", "audio", "video")
 PATCH_DTYPES = {"image": torch.uint8, "audio": torch.float32, "video": torch.uint8}
-IGNORE_INDEX = -100
 _CODE = {m: i for i, m in enumerate(MODALITIES)}
-_OBJECTIVE = {o: i for i, o in enumerate(OBJECTIVES)}
 
 
 @dataclass
@@ -76,7 +75,7 @@ class TokenSequence:
     segments: list[Segment]
     target: torch.Tensor  # long [t], ends with EOS; [0] for objectives other than seq2seq
     dataset: int
-    objective: str = "seq2seq"
+    objective: str = SEQ2SEQ
 
     @cached_property
     def enc_len(self) -> int:
@@ -195,7 +194,7 @@ def collate_rows(
         "dec_positions": dec_positions,
         "dec_sample": dec_sample,
         "dataset": np.array([s.dataset for s in seqs], dtype=np.int64),
-        "objective": np.array([_OBJECTIVE[s.objective] for s in seqs], dtype=np.int64),
+        "objective": np.array([objective_code(s.objective) for s in seqs], dtype=np.int64),
     }
     batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
     for m in PATCH_MODALITIES:
