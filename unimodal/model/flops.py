@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from unimodal.config import OBJECTIVES
+from unimodal.modalities import modality_codes, patch_modalities, text
 from unimodal.model.config import ModelConfig
 from unimodal.model.unified import view_ids
-from unimodal.tokenize.sequence import MODALITIES, PATCH_MODALITIES
 
 
 def encoder_flops(cfg: ModelConfig, enc_len: int) -> int:
@@ -74,9 +74,9 @@ def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: np.ndarr
     """Forward FLOPs of the encoder-only objectives' heads on a batch with these `view_lengths`."""
     d = cfg.d_model
     modality, masked, objective = (batch[k].numpy() for k in ("modality", "enc_masked", "objective"))
-    flops = 2 * d * cfg.vocab_size * int((masked & (modality == MODALITIES.index("text"))).sum())
-    for m in PATCH_MODALITIES:
-        flops += 2 * d * cfg.patch_dims[m] * int((masked & (modality == MODALITIES.index(m))).sum())
+    flops = 2 * d * cfg.vocab_size * int((masked & (modality == modality_codes()[text.TEXT])).sum())
+    for m in patch_modalities():
+        flops += 2 * d * cfg.patch_dims[m] * int((masked & (modality == modality_codes()[m])).sum())
     pairs = int((objective == OBJECTIVES.index("contrastive")).sum())
     flops += pairs * 4 * d * d + 4 * pairs * pairs * d
     return flops + 6 * d * int((views[objective == OBJECTIVES.index("itm")] > 0).sum())
@@ -92,7 +92,7 @@ def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
     enc = views.sum(1).tolist()
     dec_sample = batch["dec_sample"].numpy()
     dec = np.bincount(dec_sample[dec_sample >= 0], minlength=len(enc)).tolist()
-    stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in PATCH_MODALITIES)
+    stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in patch_modalities())
     body = sum(encoder_flops(cfg, e) for e in views.flatten().tolist())
     body += sum(decoder_flops(cfg, t, e) for t, e in zip(dec, enc))
     return 3 * (body + stems + head_flops(cfg, batch, views))

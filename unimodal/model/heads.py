@@ -17,7 +17,7 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
-from unimodal.tokenize.sequence import PATCH_MODALITIES
+from unimodal.modalities import patch_modalities
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP: the learned temperature stays at or above 0.01
 
@@ -31,12 +31,12 @@ class MaskedPatchHead(nn.Module):
 
     def __init__(self, d_model: int, patch_dims: dict[str, int]):
         super().__init__()
-        self.out = nn.ModuleDict({m: nn.Linear(d_model, patch_dims[m]) for m in PATCH_MODALITIES})
+        self.out = nn.ModuleDict({m: nn.Linear(d_model, patch_dims[m]) for m in patch_modalities()})
 
     def forward(self, states: dict[str, torch.Tensor], patches: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per modality, states [k, d] at masked patches and the patches [k, D] (float) -> MSE per patch."""
         losses = []
-        for m in PATCH_MODALITIES:
+        for m in patch_modalities():
             target = patches[m] - patches[m].mean(-1, keepdim=True)
             target = target / (target.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
             losses.append((self.out[m](states[m]).float() - target).pow(2).mean(-1))

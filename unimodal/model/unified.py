@@ -14,15 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimodal.config import OBJECTIVES
+from unimodal.modalities import modality_codes, patch_modalities, text
 from unimodal.model.adapter import ViewAdapters
 from unimodal.model.config import ModelConfig
 from unimodal.model.distill import DistillPlan, distillation, teacher_targets
 from unimodal.model.heads import ContrastiveHead, MaskedPatchHead, MatchHead, rank_counts
 from unimodal.model.losses import LossTerms
 from unimodal.model.transformer import Mask, Stack, attention_kind, attention_mask
-from unimodal.tokenize.sequence import IGNORE_INDEX, MODALITIES, PATCH_MODALITIES
+from unimodal.tokenize.sequence import IGNORE_INDEX
 
-TEXT = MODALITIES.index("text")
+TEXT = modality_codes()[text.TEXT]
 SEQ2SEQ, CONTRASTIVE, ITM = OBJECTIVES.index("seq2seq"), OBJECTIVES.index("contrastive"), OBJECTIVES.index("itm")
 DEC_PAD = {"dec_in": 0, "dec_out": IGNORE_INDEX, "dec_sample": -1, "dec_positions": 0}
 
@@ -69,7 +70,7 @@ def pool_inputs(memory: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.T
     modality are one input. A view without tokens (a dropped negative), and a
     sample of another objective, get whatever comes out: nothing scores them.
     """
-    n, m = batch["dataset"].shape[0], len(MODALITIES)
+    n, m = batch["dataset"].shape[0], len(modality_codes())
     views = view_ids(batch)
     means, counts = slot_means(memory, torch.where(views >= 0, views * m + batch["modality"], -1), 2 * n * m)
     means, counts = means.view(n, 2, m, -1), counts.view(n, 2, m)
@@ -92,8 +93,8 @@ def scored_items(batch: dict[str, torch.Tensor], gather_pairs: bool) -> dict:
     seq2seq = (batch["objective"] == SEQ2SEQ)[batch["enc_sample"].clamp(min=0)].flatten()
     items: dict = {"mlm": (masked & (modality == TEXT) & ~seq2seq).nonzero().squeeze(1)}
     items["hallucinated"] = (masked & seq2seq).view_as(batch["enc_masked"])
-    for m in PATCH_MODALITIES:
-        of_m = modality == MODALITIES.index(m)
+    for m in patch_modalities():
+        of_m = modality == modality_codes()[m]
         items[f"mim_{m}"] = (masked & of_m).nonzero().squeeze(1)
         items[f"rows_{m}"] = masked[of_m].nonzero().squeeze(1)  # the same patches as rows of patches_<m>
     items["contrastive"] = (batch["objective"] == CONTRASTIVE).nonzero().squeeze(1)
@@ -129,10 +130,10 @@ class UnifiedModel(nn.Module):
         self.stems = nn.ModuleDict(
             {
                 m: nn.Sequential(nn.LayerNorm(cfg.patch_dims[m]), nn.Linear(cfg.patch_dims[m], d))
-                for m in PATCH_MODALITIES
+                for m in patch_modalities()
             }
         )
-        self.mod_emb = nn.Embedding(len(MODALITIES), d)
+        self.mod_emb = nn.Embedding(len(modality_codes()), d)
         self.enc_pos = nn.Embedding(cfg.max_positions, d)
         self.dec_pos = nn.Embedding(cfg.max_positions, d)
         self.drop = nn.Dropout(cfg.dropout)
@@ -174,12 +175,12 @@ class UnifiedModel(nn.Module):
         """
         modality = batch["modality"]
         x = self.tok_emb(batch["enc_ids"])
-        for m in PATCH_MODALITIES:
+        for m in patch_modalities():
             # x has the weights' dtype (fp32, or bf16 under DeepSpeed); autocast may
             # return bf16 rows. The stem runs even on zero rows so every parameter
             # is in the graph (DDP/ZeRO expect a gradient for each, even if zero).
             rows = self.stems[m](stem_input(batch[f"patches_{m}"], x.dtype)).to(x.dtype)
-            at = (modality == MODALITIES.index(m)).unsqueeze(-1)
+            at = (modality == modality_codes()[m]).unsqueeze(-1)
             x = x.masked_scatter(at, rows)  # fills rows in row-major [B, L] order
         x = torch.where(batch["enc_masked"].unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         x = x + self.mod_emb(modality) + self.enc_pos(batch["positions"])
@@ -266,9 +267,9 @@ class UnifiedModel(nn.Module):
 
     def _regress_patches(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> None:
         """mim: each masked patch's encoder state against its pixels."""
-        states = {m: memory.flatten(0, 1)[items[f"mim_{m}"]] for m in PATCH_MODALITIES}
-        pixels = {m: stem_input(batch[f"patches_{m}"][items[f"rows_{m}"]], torch.float32) for m in PATCH_MODALITIES}
-        owner = torch.cat([batch["enc_sample"].flatten()[items[f"mim_{m}"]] for m in PATCH_MODALITIES])
+        states = {m: memory.flatten(0, 1)[items[f"mim_{m}"]] for m in patch_modalities()}
+        pixels = {m: stem_input(batch[f"patches_{m}"][items[f"rows_{m}"]], torch.float32) for m in patch_modalities()}
+        owner = torch.cat([batch["enc_sample"].flatten()[items[f"mim_{m}"]] for m in patch_modalities()])
         terms.add(self.mim(states, pixels), owner)
 
     def _compare_views(self, batch: dict, items: dict, memory: torch.Tensor, terms: LossTerms) -> None:

@@ -29,6 +29,7 @@ from dataclasses import replace
 
 import torch
 
+from unimodal.modalities.text import TEXT
 from unimodal.tokenize.sequence import Segment, TokenSequence
 
 
@@ -57,7 +58,7 @@ def lay_out(
         return inputs + [replace(s, view=1) for s in inputs]
     if objective in ("mlm", "mim"):  # mlm masks the text input, mim the others
         gen = torch.Generator().manual_seed(seed)
-        maskable = [(s.modality == "text") == (objective == "mlm") for s in inputs]
+        maskable = [(s.modality == TEXT) == (objective == "mlm") for s in inputs]
         inputs = [replace(s, masked=random_mask(len(s), mask_ratio, gen)) if m else s for s, m in zip(inputs, maskable)]
     return [prompt, *inputs]
 
@@ -72,7 +73,7 @@ def with_privileged(segments: list[Segment], privileged: list[Segment], slots: t
     in training only, are encoded apart as a second view, so their features
     are the privileged modality's alone: the distillation target.
     """
-    hallucinated = Segment("text", slots, masked=torch.ones(len(slots), dtype=torch.bool))
+    hallucinated = Segment(TEXT, slots, masked=torch.ones(len(slots), dtype=torch.bool))
     return [*segments, hallucinated, *(replace(s, view=1) for s in privileged)]
 
 
