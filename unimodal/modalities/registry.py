@@ -71,7 +71,8 @@ class Modality:
     # the type of `tokenizer.<name>` in a recipe: a `Settings` model whose fields all have defaults (the section
     # may be left out), or another type, then required (text: the SentencePiece model's path); None: no section
     settings: type | None = None
-    patcher: Callable[[Any], Patcher] | None = None  # settings (or None) -> Patcher; None: text, SentencePiece ids
+    # settings (or None) -> Patcher; None for text alone, tokenized as SentencePiece ids
+    patcher: Callable[[Any], Patcher] | None = None
     patch_dtype: torch.dtype | None = None  # its patches in a batch (uint8 pixels are scaled in the model)
 
 
@@ -97,6 +98,8 @@ def register_modality(modality: Modality) -> Modality:
             raise ValueError(f"modality {m.name!r}: {', '.join(taken)} decoded by {other.name!r} already")
     if (m.patcher is None) != (m.patch_dtype is None):
         raise ValueError(f"modality {m.name!r}: a patcher and its patch_dtype go together")
+    if m.patcher is None and any(other.patcher is None for other in _REGISTRY.values()):
+        raise ValueError(f"modality {m.name!r} needs a patcher: only text is tokenized as SentencePiece ids")
     _REGISTRY[m.name] = m
     _CODES[m.name] = len(_CODES)
     return m
