@@ -350,7 +350,7 @@ class TokenizerConfig(TokenizerFields):
     @classmethod
     def _modality_fields(cls, data: Any, handler: ModelWrapValidatorHandler[TokenizerConfig]) -> TokenizerConfig:
         if isinstance(data, dict):
-            fields = tokenizer_fields(modalities())
+            fields = tokenizer_schema(modalities())
             unknown = [k for k in data if k not in fields.model_fields]
             if unknown:
                 raise ValueError(
@@ -366,7 +366,7 @@ class TokenizerConfig(TokenizerFields):
 
 
 @functools.cache
-def tokenizer_fields(registered: tuple[Modality, ...]) -> type[TokenizerFields]:
+def tokenizer_schema(registered: tuple[Modality, ...]) -> type[TokenizerFields]:
     """The closed schema of a tokenizer section while `registered` are the modalities."""
     fields: dict[str, Any] = {
         m.name: (m.settings, Field(default_factory=m.settings) if issubclass(m.settings, BaseModel) else ...)
