@@ -94,11 +94,5 @@ class AudioPatcher:
         return x.permute(2, 0, 1, 3).reshape(-1, self.dim)  # time-major, then frequency
 
 
-MODALITY = Modality(
-    name=AUDIO,
-    extensions=("wav", "flac", "ogg", "mp3"),
-    decode=decode,
-    settings=AudioTokens,
-    patcher=AudioPatcher,
-    patch_dtype=torch.float32,
-)
+# name, extensions, decoder, settings, patcher, patch dtype
+MODALITY = Modality(AUDIO, ("wav", "flac", "ogg", "mp3"), decode, AudioTokens, AudioPatcher, torch.float32)

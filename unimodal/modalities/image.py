@@ -109,11 +109,5 @@ class ImagePatcher:
         return torch.from_numpy(np.ascontiguousarray(patches).reshape(g * g, self.dim))
 
 
-MODALITY = Modality(
-    name=IMAGE,
-    extensions=("jpg", "jpeg", "png", "webp"),
-    decode=decode,
-    settings=ImageTokens,
-    patcher=ImagePatcher,
-    patch_dtype=torch.uint8,
-)
+# name, extensions, decoder, settings, patcher, patch dtype
+MODALITY = Modality(IMAGE, ("jpg", "jpeg", "png", "webp"), decode, ImageTokens, ImagePatcher, torch.uint8)

@@ -31,4 +31,4 @@ def decode(data: bytes, path: list[str], settings: Path | None) -> str:
     return str(value)
 
 
-MODALITY = Modality(name=TEXT, extensions=("txt", "json"), decode=decode, settings=Path)
+MODALITY = Modality(TEXT, ("txt", "json"), decode, settings=Path)  # no patcher: SentencePiece ids

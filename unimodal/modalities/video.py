@@ -130,11 +130,5 @@ class VideoPatcher:
         return x.permute(0, 2, 4, 1, 3, 5, 6).reshape(-1, self.dim)
 
 
-MODALITY = Modality(
-    name=VIDEO,
-    extensions=("mp4", "webm", "mkv", "avi"),
-    decode=decode,
-    settings=VideoTokens,
-    patcher=VideoPatcher,
-    patch_dtype=torch.uint8,
-)
+# name, extensions, decoder, settings, patcher, patch dtype
+MODALITY = Modality(VIDEO, ("mp4", "webm", "mkv", "avi"), decode, VideoTokens, VideoPatcher, torch.uint8)
