@@ -29,13 +29,14 @@ from unimodal.config import Recipe, RecipeError, expand_shards
 from unimodal.data.decode import decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.demo.mixture import WORDS, digit_sound
+from unimodal.modalities import modality_codes
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.flops import batch_train_flops, decoder_flops, view_lengths
 from unimodal.objectives import objective_code, objectives
 from unimodal.recipe import load_recipe, read_yaml
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import complete_rows
-from unimodal.tokenize.sequence import MODALITIES, TokenSequence, collate_rows
+from unimodal.tokenize.sequence import TokenSequence, collate_rows
 from unimodal.tokenize.text import BOS_ID
 from unimodal.train.launch import free_port
 
@@ -177,7 +178,7 @@ def test_each_objective_learns_a_fixed_batch(recipe, tokenizer, d):
 def test_masked_objectives_read_only_masked_positions(recipe, tokenizer, d):
     batch = batch_of(tokenizer, sequences(recipe, tokenizer, d, 4))
     masked, modality = batch["enc_masked"], batch["modality"]
-    kind = MODALITIES.index("text" if d == MLM else "image")
+    kind = modality_codes()["text" if d == MLM else "image"]
     assert masked.any() and (modality[masked] == kind).all()
     model = new_model(tokenizer)
     loss = model(batch)["loss"]
@@ -234,7 +235,7 @@ def test_contrastive_loss_is_infonce_over_the_batch(recipe, tokenizer):
     torch.testing.assert_close(out["sample_loss"], per_pair)
     torch.testing.assert_close(out["loss"], per_pair.mean())
     # the two views are encoded apart: the word does not reach the tone's states
-    word = (batch["enc_view"] == 1) & (batch["modality"] == MODALITIES.index("text"))
+    word = (batch["enc_view"] == 1) & (batch["modality"] == modality_codes()["text"])
     changed = dict(batch, enc_ids=torch.where(word, (batch["enc_ids"] + 7) % tokenizer.vocab_size, batch["enc_ids"]))
     tone = batch["enc_mask"] & (batch["enc_view"] == 0)
     assert tone.any() and word.any()

@@ -1,9 +1,10 @@
 """The recipe schema: one YAML per curriculum stage, as typed, inert pydantic models.
 
-This module is the ground of the package: it imports only `unimodal.fields`
-(which extensions each modality reads) and the objective registry
-(`unimodal.objectives`, read when a recipe is validated, so objectives a
-plugin registers are known). A mistake in a recipe (unknown field,
+This module sits just above the ground of the package: it imports only the
+modality registry (unimodal/modalities/: each modality's extensions and
+tokenizer settings), the objective registry (`unimodal.objectives`, read when
+a recipe is validated, so objectives a plugin registers are known) and
+`unimodal.fields`. A mistake in a recipe (unknown field,
 wrong type, a closed set's unknown value, a modality with no decoder) is
 refused here, with the allowed values; reading the YAML, `--set` overrides
 and the file checks are `unimodal.recipe.load_recipe`'s.
@@ -11,14 +12,27 @@ and the file checks are `unimodal.recipe.load_recipe`'s.
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_right
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import braceexpand
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from unimodal.fields import DECODABLE, check_field
+from unimodal.fields import check_field
+from unimodal.modalities import Modality, modalities
+from unimodal.modalities.text import TEXT
 from unimodal.objectives import known_metric, objective, objectives
 from unimodal.objectives.registry import fits
 from unimodal.objectives.seq2seq import SEQ2SEQ
@@ -88,8 +102,6 @@ class DatasetConfig(Strict):
     @classmethod
     def _inputs_decodable(cls, inputs: dict[str, str]) -> dict[str, str]:
         for modality, field in inputs.items():
-            if modality not in DECODABLE:
-                raise ValueError(f"unknown modality {modality!r} (known: {', '.join(DECODABLE)})")
             check_field(field, modality)
         return inputs
 
@@ -97,7 +109,7 @@ class DatasetConfig(Strict):
     @classmethod
     def _target_is_text(cls, target: str | None) -> str | None:
         if target is not None:
-            check_field(target, "text")
+            check_field(target, TEXT)
         return target
 
     @model_validator(mode="after")
@@ -165,7 +177,7 @@ class DatasetConfig(Strict):
     @property
     def modality(self) -> str:
         """The dataset's main input modality: the first non-text input, else text."""
-        return next((m for m in self.inputs if m != "text"), "text")
+        return next((m for m in self.inputs if m != TEXT), TEXT)
 
     @property
     def task_prompt(self) -> str:
@@ -292,56 +304,48 @@ class DataConfig(Strict):
         return datasets
 
 
-class ImageTokens(Strict):
-    size: int = Field(32, gt=0)
-    patch: int = Field(8, gt=0)
+class TokenizerFields(Strict):
+    """The tokenizer's settings that belong to no one modality."""
 
-    @model_validator(mode="after")
-    def _divides(self) -> ImageTokens:
-        if self.size % self.patch:
-            raise ValueError(f"patch {self.patch} must divide size {self.size}")
-        return self
+    max_text_tokens: int = Field(64, gt=0)  # longest text input or target, in SentencePiece ids
 
 
-class AudioTokens(Strict):
-    sample_rate: int = 16000
-    seconds: float = Field(1.0, gt=0)  # clips are cropped or zero-padded to this length
-    n_fft: int = 512
-    hop: int = 160
-    n_mels: int = 64
-    f_max: float | None = None
-    patch_frames: int = 10
-    patch_mels: int = 16
+class TokenizerConfig(TokenizerFields):
+    """`max_text_tokens`, and a field per registered modality that has settings, named after it and of its
+    settings type (unimodal/modalities/): `text` the SentencePiece model (trained with `unimodal tokenizer
+    train`), `image`, `audio`, `video` how they are patched. The modality fields are checked against the
+    registry whenever a tokenizer section is validated, so a plugin's modality has its field too."""
 
-    @model_validator(mode="after")
-    def _divides(self) -> AudioTokens:
-        if self.n_mels % self.patch_mels:
-            raise ValueError(f"patch_mels {self.patch_mels} must divide n_mels {self.n_mels}")
-        return self
+    model_config = ConfigDict(extra="allow")  # the modality fields, checked by `_modality_fields` alone
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _modality_fields(cls, data: Any, handler: ModelWrapValidatorHandler[TokenizerConfig]) -> TokenizerConfig:
+        if isinstance(data, dict):
+            fields = tokenizer_schema(modalities())
+            unknown = [k for k in data if k not in fields.model_fields]
+            if unknown:
+                raise ValueError(
+                    f"{', '.join(unknown)}: no such tokenizer field (fields: {', '.join(fields.model_fields)}; "
+                    "a modality of a plugin has its field once the recipe's `plugins` name its module)"
+                )
+            data = dict(fields.model_validate(data))
+        return handler(data)
 
-class VideoTokens(Strict):
-    frames: int = Field(8, gt=0)
-    # absent: `frames` spread evenly over the whole clip; set: `frames` taken at this rate
-    # from the middle of the clip (the last frame repeats if the clip is too short)
-    fps: float | None = Field(None, gt=0)
-    size: int = Field(32, gt=0)
-    patch: int = Field(8, gt=0)
-    tubelet: int = Field(2, gt=0)
-
-    @model_validator(mode="after")
-    def _divides(self) -> VideoTokens:
-        if self.size % self.patch or self.frames % self.tubelet:
-            raise ValueError("patch must divide size and tubelet must divide frames")
-        return self
+    def settings(self, name: str) -> Any:
+        """Modality `name`'s settings; None for a modality without any."""
+        return (self.model_extra or {}).get(name)
 
 
-class TokenizerConfig(Strict):
-    text: Path  # SentencePiece model, trained with `unimodal tokenizer train`
-    max_text_tokens: int = Field(64, gt=0)
-    image: ImageTokens = ImageTokens()
-    audio: AudioTokens = AudioTokens()
-    video: VideoTokens = VideoTokens()
+@functools.cache
+def tokenizer_schema(registered: tuple[Modality, ...]) -> type[TokenizerFields]:
+    """The closed schema of a tokenizer section while `registered` are the modalities."""
+    fields: dict[str, Any] = {
+        m.name: (m.settings, Field(default_factory=m.settings) if issubclass(m.settings, BaseModel) else ...)
+        for m in registered
+        if m.settings is not None
+    }
+    return create_model("TokenizerConfig", __base__=TokenizerFields, **fields)
 
 
 class AdapterConfig(Strict):
@@ -476,8 +480,15 @@ class LoggingConfig(Strict):
     )
 
 
+# A plugin: a module name, e.g. `my_project.depth`
+Plugin = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
+
+
 class Recipe(Strict):
     name: str
+    # modules imported before the recipe is validated, in every process of the run (unimodal/plugins.py):
+    # a module that registers a modality (or objective) of its own; importable by name (installed, or on PYTHONPATH)
+    plugins: list[Plugin] = []
     seed: int = 0
     # absent: from scratch; "previous": the previous curriculum stage's output directory;
     # otherwise a finished stage's output directory (holding model.safetensors)

@@ -36,6 +36,7 @@ from unimodal.data.packing import fill_batch
 from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.data.transport import pack, unpack
 from unimodal.data.worker_signals import serve_through_a_stop
+from unimodal.plugins import import_plugins
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.objectives import complete_rows
 from unimodal.tokenize.sequence import TokenSequence, collate_rows
@@ -203,6 +204,12 @@ def mix_lag(recipe: Recipe, accumulation: int) -> int:
     return -(-ahead // accumulation)
 
 
+def start_worker(stopping, plugins: list[str], worker: int) -> None:
+    """A worker's start: the recipe's plugins imported (a forked worker has them, a spawned one not yet)."""
+    import_plugins(plugins)
+    serve_through_a_stop(stopping, worker)
+
+
 def build_train_loader(
     recipe: Recipe, rank: int, world: int = 1, accumulation: int = 1, stopping=None, pin_memory: bool = False
 ) -> TrainLoader:
@@ -234,7 +241,7 @@ def build_train_loader(
         prefetch_factor=PREFETCH if workers else None,
         persistent_workers=False,
         pin_memory=pin_memory,
-        worker_init_fn=functools.partial(serve_through_a_stop, stopping),
+        worker_init_fn=functools.partial(start_worker, stopping, recipe.plugins),
         # a worker sends its position with every 32nd batch, not every batch (the position of a
         # shuffle buffer is hundreds of coordinates); a restored loader replays the batches since
         # the last snapshot, which this deterministic pipeline rebuilds exactly

@@ -37,10 +37,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from unimodal.modalities import modality_codes, patch_modalities
 from unimodal.model.config import ModelConfig
 from unimodal.objectives import objectives
 from unimodal.objectives.reading import view_ids
-from unimodal.tokenize.sequence import MODALITIES, PATCH_MODALITIES
 
 
 def encoder_flops(cfg: ModelConfig, enc_len: int) -> int:
@@ -74,7 +74,7 @@ def view_lengths(batch: dict[str, torch.Tensor]) -> np.ndarray:
 
 def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: np.ndarray) -> int:
     """Forward FLOPs of the objectives' own heads (each objective's `flops`) on a batch with these `view_lengths`."""
-    return sum(o.flops(cfg, batch, views, MODALITIES) for o in objectives() if o.flops is not None)
+    return sum(o.flops(cfg, batch, views, tuple(modality_codes())) for o in objectives() if o.flops is not None)
 
 
 def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
@@ -87,7 +87,7 @@ def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
     enc = views.sum(1).tolist()
     dec_sample = batch["dec_sample"].numpy()
     dec = np.bincount(dec_sample[dec_sample >= 0], minlength=len(enc)).tolist()
-    stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in PATCH_MODALITIES)
+    stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in patch_modalities())
     body = sum(encoder_flops(cfg, e) for e in views.flatten().tolist())
     body += sum(decoder_flops(cfg, t, e) for t, e in zip(dec, enc))
     return 3 * (body + stems + head_flops(cfg, batch, views))

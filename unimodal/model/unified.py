@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimodal.modalities import modality_codes, patch_modalities
 from unimodal.model.config import ModelConfig
 from unimodal.model.distill import DistillPlan, distillation, teacher_targets
 from unimodal.model.losses import LossTerms
@@ -22,7 +23,6 @@ from unimodal.model.transformer import Mask, Stack, attention_kind, attention_ma
 from unimodal.objectives import objective_code, objectives
 from unimodal.objectives.reading import stem_input, view_ids
 from unimodal.objectives.seq2seq import IGNORE_INDEX, SEQ2SEQ, decoder_inputs
-from unimodal.tokenize.sequence import MODALITIES, PATCH_MODALITIES
 
 
 class UnifiedModel(nn.Module):
@@ -37,10 +37,10 @@ class UnifiedModel(nn.Module):
         self.stems = nn.ModuleDict(
             {
                 m: nn.Sequential(nn.LayerNorm(cfg.patch_dims[m]), nn.Linear(cfg.patch_dims[m], d))
-                for m in PATCH_MODALITIES
+                for m in patch_modalities()
             }
         )
-        self.mod_emb = nn.Embedding(len(MODALITIES), d)
+        self.mod_emb = nn.Embedding(len(modality_codes()), d)
         self.enc_pos = nn.Embedding(cfg.max_positions, d)
         self.dec_pos = nn.Embedding(cfg.max_positions, d)
         self.drop = nn.Dropout(cfg.dropout)
@@ -53,8 +53,8 @@ class UnifiedModel(nn.Module):
         heads = [(name, make(cfg)) for o in objectives() for name, make in o.heads.items()]
         for name, head in heads:
             setattr(self, name, head)
-        # what batch["modality"] indexes: the objectives read the batch's codes through this
-        self.modalities = MODALITIES
+        # the names batch["modality"] indexes ("pad", then each modality): the objectives read the codes through this
+        self.modalities = tuple(modality_codes())
         # a run without contrastive datasets sets this False (unimodal/train/loop.py): one collective a step less
         self.gather_pairs = True
         # OS-MD's terms per dataset, set from the recipe (unimodal/train/loop.py); None: no dataset learns from privileged inputs
@@ -84,12 +84,12 @@ class UnifiedModel(nn.Module):
         """
         modality = batch["modality"]
         x = self.tok_emb(batch["enc_ids"])
-        for m in PATCH_MODALITIES:
+        for m in patch_modalities():
             # x has the weights' dtype (fp32, or bf16 under DeepSpeed); autocast may
             # return bf16 rows. The stem runs even on zero rows so every parameter
             # is in the graph (DDP/ZeRO expect a gradient for each, even if zero).
             rows = self.stems[m](stem_input(batch[f"patches_{m}"], x.dtype)).to(x.dtype)
-            at = (modality == MODALITIES.index(m)).unsqueeze(-1)
+            at = (modality == modality_codes()[m]).unsqueeze(-1)
             x = x.masked_scatter(at, rows)  # fills rows in row-major [B, L] order
         x = torch.where(batch["enc_masked"].unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         x = x + self.mod_emb(modality) + self.enc_pos(batch["positions"])

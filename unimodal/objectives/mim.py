@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from unimodal.modalities.text import TEXT
 from unimodal.objectives.masking import mask_inputs, own_tokens
-from unimodal.objectives.reading import TEXT, stem_input
+from unimodal.objectives.reading import stem_input
 from unimodal.objectives.registry import Objective, objective_code
 
 MIM = "mim"

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from unimodal.modalities.text import TEXT
 from unimodal.objectives.masking import mask_inputs, own_tokens
 from unimodal.objectives.metrics import accuracy
-from unimodal.objectives.reading import TEXT
 from unimodal.objectives.registry import Batches, Objective, objective_code
 
 MLM = "mlm"

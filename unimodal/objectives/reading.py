@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-TEXT = "text"  # the modality whose tokens are ids, not patches
-
 
 def stem_input(patches: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Patches in the model's dtype; uint8 pixels (image, video) scaled to [-1, 1].

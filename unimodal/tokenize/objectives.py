@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from unimodal.modalities.text import TEXT
 from unimodal.objectives import objective, objectives
 from unimodal.tokenize.sequence import Segment, TokenSequence
 
@@ -41,7 +42,7 @@ def with_privileged(segments: list[Segment], privileged: list[Segment], slots: t
     in training only, are encoded apart as a second view, so their features
     are the privileged modality's alone: the distillation target.
     """
-    hallucinated = Segment("text", slots, masked=torch.ones(len(slots), dtype=torch.bool))
+    hallucinated = Segment(TEXT, slots, masked=torch.ones(len(slots), dtype=torch.bool))
     return [*segments, hallucinated, *(replace(s, view=1) for s in privileged)]
 
 
