@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from unimodal.fields import check_field
+from unimodal.fields import check_field, extension
 from unimodal.modalities import Modality, modalities
-from unimodal.modalities.text import TEXT
+from unimodal.modalities.text import CLS, TEXT
 from unimodal.objectives import known_metric, objective, objectives
 from unimodal.objectives.registry import fits
 from unimodal.objectives.seq2seq import SEQ2SEQ
@@ -90,6 +90,8 @@ class DatasetConfig(Strict):
     objective_options: ObjectiveOptions = Field(default_factory=ObjectiveOptions)
     # inputs present in training only (OS-MD): held-out evaluation reads the others alone
     privileged: list[str] = []
+    # names of the integer class ids of the dataset's `.cls` fields: id i is written as classes[i]; absent: as the id
+    classes: list[str] | None = Field(None, min_length=1)
     distill: DistillOptions = Field(default_factory=DistillOptions)  # with privileged inputs only
     metrics: list[Metric] = []  # held-out metrics of `unimodal eval`; empty: the objective's default
     weight: float = Field(1.0, gt=0)
@@ -138,6 +140,13 @@ class DatasetConfig(Strict):
             raise ValueError(f"metrics: {self.metrics} names one twice")
         if not self.metrics and o.default_metric is not None:  # written out too
             self.metrics = [o.default_metric]
+        return self
+
+    @model_validator(mode="after")
+    def _classes_name_cls_fields(self) -> DatasetConfig:
+        fields = [*self.inputs.values(), *([self.target] if self.target else [])]
+        if self.classes is not None and not any(extension(f) == CLS for f in fields):
+            raise ValueError("classes: names the ids of .cls fields, and no input or target of this dataset is one")
         return self
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from typing import Any
 from unimodal.config import REMOTE_PREFIXES, TokenizerConfig, expand_shards
 from unimodal.data.decode import BadSample, decode_field
 from unimodal.data.stream import BrokenShard, read_shard
-from unimodal.fields import modality_of, suffix
+from unimodal.fields import member, modality_of, suffix, unzipped
 from unimodal.modalities import PICKLED
 
 EXAMPLES = 20
@@ -62,8 +62,8 @@ def defaults() -> TokenizerConfig:
 def decode_member(raw: dict[str, Any], ext: str) -> str | None:
     """Decode one member as training would: None if it decodes, else the reason it does not."""
     try:
-        if suffix(ext) == "json":
-            json.loads(raw[ext])
+        if suffix(unzipped(ext)) == "json":
+            json.loads(member(raw, ext))
         else:
             decode_field(raw, ext, modality_of(ext), defaults())
     except BadSample as err:

@@ -1,4 +1,5 @@
-"""Text: UTF-8 `.txt` members, or a string inside a `.json` member (`json.caption`).
+"""Text: UTF-8 `.txt` members, a string inside a `.json` member (`json.caption`), or an integer class id in a
+`.cls` member (ImageNet-style webdataset shards), written as a name when the dataset lists its `classes`.
 
 Text is tokenized by SentencePiece (unimodal/tokenize/text.py), not patched; its
 settings are the SentencePiece model's path, the recipe's `tokenizer.text`.
@@ -15,6 +16,7 @@ from typing import Any
 from unimodal.modalities.registry import BadSample, Modality
 
 TEXT = "text"
+CLS = "cls"  # an integer class id as text: "7"
 
 
 def decode(data: bytes, path: list[str], settings: Path | None) -> str:
@@ -31,4 +33,4 @@ def decode(data: bytes, path: list[str], settings: Path | None) -> str:
     return str(value)
 
 
-MODALITY = Modality(TEXT, ("txt", "json"), decode, settings=Path)  # no patcher: SentencePiece ids
+MODALITY = Modality(TEXT, ("txt", "json", CLS), decode, settings=Path)  # no patcher: SentencePiece ids
