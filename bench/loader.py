@@ -84,18 +84,19 @@ sys.path.insert(0, str(REPO))
 
 from unimodal.config import Recipe, expand_shards  # noqa: E402
 from unimodal.data.loader import PREFETCH, build_train_loader  # noqa: E402  (the bare loop prefetches as deep)
+from unimodal.modalities import modalities  # noqa: E402
+from unimodal.modalities.image import resize_pixels  # noqa: E402
 from unimodal.recipe import load_recipe, read_yaml  # noqa: E402
-from unimodal.tokenize.patches import resize_pixels  # noqa: E402
 from unimodal.tokenize.sequence import IGNORE_INDEX  # noqa: E402
 from unimodal.tokenize.text import shard_texts, train_text_tokenizer  # noqa: E402
 
-MODALITIES = ("image", "audio", "video", "text")
+MODALITIES = tuple(m.name for m in modalities())  # the registry's, each with its sample maker below
 STAGE2 = REPO / "recipes" / "smoke" / "stage2.yaml"
 
 IMAGE_STORED, IMAGE_SIZE, IMAGE_PATCH = 256, 224, 16  # img2dataset-style 256 shards, a 224 model
 AUDIO_RATE, AUDIO_SECONDS = 16_000, 4.0
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 16, 128, 8
-MEDIA_EXT = {"image": "jpg", "audio": "wav", "video": "mp4", "text": "txt"}
+MEDIA_EXT = {m.name: m.extensions[0] for m in modalities()}  # jpg, wav, mp4, txt
 TARGET = {"image": "txt", "audio": "txt", "video": "txt", "text": "json.title"}
 
 # samples written (over SHARDS shards) and timed per measurement (~5-10 s each on 2 cores)

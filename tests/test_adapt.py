@@ -17,16 +17,17 @@ from conftest import REPO, unimodal
 from PIL import Image
 from safetensors.torch import load_file
 
-from unimodal.config import MODULES, Recipe, RecipeError, expand_shards
+from unimodal.config import Recipe, RecipeError, expand_shards, modules
 from unimodal.data.decode import decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.demo.mixture import digit_scans
 from unimodal.demo.shifted import write_shifted
 from unimodal.model import UnifiedModel
 from unimodal.model.pretrained import save_weights
+from unimodal.objectives.contrastive import embed
 from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.tokenize.objectives import pair_negatives
+from unimodal.tokenize.objectives import complete_rows
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID
 from unimodal.train.engine import model_config
@@ -61,7 +62,7 @@ def shifted_batch(root, recipe: Recipe, tokenizer: MultimodalTokenizer, n: int) 
     ds = recipe.data.datasets[0]
     raws = islice(eval_samples(expand_shards(f"{root}/{ds.shards}")), n)
     seqs = [tokenizer(decode_example(raw, 0, ds, recipe.tokenizer)) for raw in raws]
-    return collate_rows(pair_negatives([[s] for s in seqs]), tokenizer.patch_dims, BOS_ID)
+    return collate_rows(complete_rows([[s] for s in seqs]), tokenizer.patch_dims, BOS_ID)
 
 
 def test_shifted_scans_are_the_demos_split_inverted_and_written_the_same_each_time(tmp_path):
@@ -94,7 +95,7 @@ def test_modules_list_every_part_of_the_model(workspace):
     parts = {n for n, m in model.named_children() if list(m.parameters())} | {
         n for n, _ in model.named_parameters(recurse=False)
     }
-    assert parts - {"lm_head"} == set(MODULES)
+    assert parts - {"lm_head"} == set(modules())
 
 
 def test_adapter_is_at_most_5_percent_and_alone_trains(workspace):
@@ -115,7 +116,7 @@ def test_adapter_starts_as_the_frozen_model_then_learns_while_the_rest_stays_bit
     frozen, _ = adapted_model(adapt_recipe(shifted, "model.adapter=null", "train.trainable=null"))
     frozen.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("adapter.")})
     batch = shifted_batch(shifted, recipe, tokenizer, 16)
-    torch.testing.assert_close(model.embed(batch), frozen.embed(batch), rtol=0, atol=0)  # identity at init
+    torch.testing.assert_close(embed(model, batch), embed(frozen, batch), rtol=0, atol=0)  # identity at init
 
     freeze_all_but(model, recipe.train.trainable)
     before = {k: v.clone() for k, v in model.state_dict().items()}

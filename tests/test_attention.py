@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from conftest import SMOKE, unimodal
 from test_objectives import CONTRASTIVE, MLM, batch_of, build_recipe, datasets, sequences
 
-from unimodal.config import OBJECTIVES, DatasetConfig
+from unimodal.config import DatasetConfig
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.distill import DistillPlan
 from unimodal.model.transformer import attention_mask, block_mask, tile_occupancy
 from unimodal.model.unified import view_ids
+from unimodal.objectives import objectives
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import IGNORE_INDEX
 
@@ -39,6 +40,8 @@ BLOCK = 32  # small tiles: samples of 7-160 tokens span several, and most tiles 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PATHS = ["flex", "varlen"]  # each against sdpa
 PAD = {"enc_sample": -1, "dec_sample": -1, "dec_out": IGNORE_INDEX}  # collate_rows' padding; 0 or False elsewhere
+
+OBJECTIVES = [o.name for o in objectives()]  # the built-ins, in registration order
 
 
 def to_shape(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

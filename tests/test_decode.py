@@ -11,9 +11,11 @@ import pytest
 import soundfile
 from PIL import Image
 
-from unimodal.config import ImageTokens, TokenizerConfig, VideoTokens
+from unimodal.config import TokenizerConfig
 from unimodal.data.decode import BadSample, decode_field
-from unimodal.fields import DECODABLE
+from unimodal.modalities import modalities
+from unimodal.modalities.image import ImageTokens
+from unimodal.modalities.video import VideoTokens
 
 TOK = TokenizerConfig(text="unused.model")  # sample rate 16 kHz, 8 video frames
 RATE = TOK.audio.sample_rate
@@ -152,7 +154,7 @@ def test_video_without_a_duration_in_its_header_is_measured():
     assert frame_indices(decode_video(clip, "webm", frames=4, fps=4)) == [12, 18, 24, 30]
 
 
-@pytest.mark.parametrize("modality, ext", [(m, e) for m, exts in DECODABLE.items() for e in exts])
+@pytest.mark.parametrize("modality, ext", [(m.name, e) for m in modalities() for e in m.extensions])
 def test_broken_bytes_are_bad_samples_named_by_extension(modality, ext):
     field = "json.caption" if ext == "json" else ext
     with pytest.raises(BadSample) as err:

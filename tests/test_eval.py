@@ -13,13 +13,14 @@ from conftest import SMOKE, unimodal
 
 from unimodal.config import Recipe, RecipeError, expand_shards
 from unimodal.data.stream import eval_samples
-from unimodal.eval.harness import evaluate, load_model, metrics_of, predict, score, subset_batches
+from unimodal.eval.harness import evaluate, load_model, score, subset_batches
 from unimodal.eval.report import format_table, log_to_run
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.pretrained import save_weights
+from unimodal.objectives import objective
 from unimodal.recipe import read_yaml
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.train.validate import merge
+from unimodal.train.validate import in_batch_order
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -102,25 +103,25 @@ def test_each_dataset_reports_the_metrics_its_recipe_names(recipe, model):
 
 
 def test_predictions_split_over_ranks_score_as_one_pass(recipe, model):
-    """Validation during training (unimodal/train/validate.py): batch j on rank j % world, the ranks' predictions
-    merged back in batch order give a one-process `score` over the same batches, for the metrics that are not
-    sums over samples too (corpus BLEU and WER, recall@K over the whole set, itm's in-batch negatives)."""
+    """Validation during training (unimodal/train/validate.py): batch j on rank j % world, the ranks' per-batch
+    predictions (the objective's `predict`) put back in batch order and measured once give a one-process `score`
+    over the same batches, for the metrics that are not sums over samples too (corpus BLEU and WER, recall@K over
+    the whole set, itm's in-batch negatives)."""
     tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets, recipe.seed)
     world, n = 3, 14  # batches of 4, 4, 4, 2: rank 0 holds two of them, ranks 1 and 2 one each
+    assert in_batch_order([[0, 3], [1], [2]]) == [0, 1, 2, 3]
     for d, ds in enumerate(recipe.data.datasets):
         if ds.name not in ("caption", "pairs", "match"):
             continue
         batches = subset_batches(recipe, d, ds, tokenizer, n, 4)
         assert [len(refs) for _, refs in batches] == [4, 4, 4, 2]
-        one_pass = predict(ds, model, batches, tokenizer, recipe.train.max_new_tokens)
+        scoring = objective(ds.objective)
         parts = [
-            [predict(ds, model, [b], tokenizer, recipe.train.max_new_tokens) for b in batches[r::world]]
+            [scoring.predict(model, b, refs, tokenizer, recipe.train.max_new_tokens) for b, refs in batches[r::world]]
             for r in range(world)
         ]
-        merged = merge(parts)
-        for got, want in zip(merged, one_pass, strict=True):
-            assert torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want, ds.name
-        assert metrics_of(ds, merged) == score(ds, model, batches, tokenizer, recipe.train.max_new_tokens), ds.name
+        measured = scoring.measure(in_batch_order(parts), ds)
+        assert measured == score(ds, model, batches, tokenizer, recipe.train.max_new_tokens), ds.name
 
 
 def test_dropped_modality_is_never_decoded(recipe, model):

@@ -9,7 +9,7 @@ import torch
 from conftest import SMOKE
 
 from unimodal.config import Recipe, RecipeError
-from unimodal.eval.metrics import accuracy, bleu, edit_distance, exact_match, recall_at_k, word_error_rate
+from unimodal.objectives.metrics import accuracy, bleu, edit_distance, exact_match, recall_at_k, word_error_rate
 from unimodal.recipe import load_recipe
 
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torchaudio
 
-from unimodal.config import AudioTokens
+from unimodal.modalities.audio import AudioPatcher, AudioTokens
 from unimodal.model import PRESETS, ModelConfig, UnifiedModel, count_parameters
-from unimodal.tokenize.patches import AudioPatcher
 from unimodal.tokenize.sequence import IGNORE_INDEX, Segment, TokenSequence, collate, collate_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

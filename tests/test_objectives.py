@@ -25,22 +25,26 @@ from conftest import SMOKE, unimodal
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from unimodal.config import OBJECTIVES, Recipe, RecipeError, expand_shards
+from unimodal.config import Recipe, RecipeError, expand_shards
 from unimodal.data.decode import decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.demo.mixture import WORDS, digit_sound
+from unimodal.modalities import modality_codes
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.model.flops import batch_train_flops, decoder_flops, view_lengths
+from unimodal.objectives import objective_code, objectives
 from unimodal.recipe import load_recipe, read_yaml
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.tokenize.objectives import pair_negatives
-from unimodal.tokenize.sequence import MODALITIES, TokenSequence, collate_rows
+from unimodal.tokenize.objectives import complete_rows
+from unimodal.tokenize.sequence import TokenSequence, collate_rows
 from unimodal.tokenize.text import BOS_ID
 from unimodal.train.launch import free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 CAPTION, MLM, MIM, CONTRASTIVE, ITM = range(5)  # dataset indices in `recipe`, one per objective
+
+OBJECTIVES = [o.name for o in objectives()]  # the built-ins, in registration order
 
 
 def datasets(root) -> list[dict]:
@@ -100,7 +104,7 @@ def tone_word_pairs(
 
 def batch_of(tokenizer: MultimodalTokenizer, seqs: list[TokenSequence], per_row: int = 1) -> dict[str, torch.Tensor]:
     rows = [seqs[i : i + per_row] for i in range(0, len(seqs), per_row)]
-    return collate_rows(pair_negatives(rows), tokenizer.patch_dims, BOS_ID)
+    return collate_rows(complete_rows(rows), tokenizer.patch_dims, BOS_ID)
 
 
 def new_model(tokenizer: MultimodalTokenizer) -> UnifiedModel:
@@ -151,7 +155,7 @@ def test_each_objective_learns_a_fixed_batch(recipe, tokenizer, d):
     # word is once in a matched and once in a mismatched view: only the pairing tells them apart
     seqs = tone_word_pairs(recipe, tokenizer, list(range(8))) if d == ITM else sequences(recipe, tokenizer, d, 8)
     batch = batch_of(tokenizer, seqs)
-    assert (batch["objective"] == OBJECTIVES.index(recipe.data.datasets[d].objective)).all()
+    assert (batch["objective"] == objective_code(recipe.data.datasets[d].objective)).all()
     if d == ITM:
         assert (view_lengths(batch) > 0).all()  # every sample's matched view and its mismatched one
     model = new_model(tokenizer)
@@ -174,7 +178,7 @@ def test_each_objective_learns_a_fixed_batch(recipe, tokenizer, d):
 def test_masked_objectives_read_only_masked_positions(recipe, tokenizer, d):
     batch = batch_of(tokenizer, sequences(recipe, tokenizer, d, 4))
     masked, modality = batch["enc_masked"], batch["modality"]
-    kind = MODALITIES.index("text" if d == MLM else "image")
+    kind = modality_codes()["text" if d == MLM else "image"]
     assert masked.any() and (modality[masked] == kind).all()
     model = new_model(tokenizer)
     loss = model(batch)["loss"]
@@ -231,7 +235,7 @@ def test_contrastive_loss_is_infonce_over_the_batch(recipe, tokenizer):
     torch.testing.assert_close(out["sample_loss"], per_pair)
     torch.testing.assert_close(out["loss"], per_pair.mean())
     # the two views are encoded apart: the word does not reach the tone's states
-    word = (batch["enc_view"] == 1) & (batch["modality"] == MODALITIES.index("text"))
+    word = (batch["enc_view"] == 1) & (batch["modality"] == modality_codes()["text"])
     changed = dict(batch, enc_ids=torch.where(word, (batch["enc_ids"] + 7) % tokenizer.vocab_size, batch["enc_ids"]))
     tone = batch["enc_mask"] & (batch["enc_view"] == 0)
     assert tone.any() and word.any()
@@ -240,7 +244,7 @@ def test_contrastive_loss_is_infonce_over_the_batch(recipe, tokenizer):
 
 def test_itm_negatives_pair_each_tone_with_another_samples_word(recipe, tokenizer):
     seqs = sequences(recipe, tokenizer, ITM, 4)
-    paired, again = ([row[0] for row in pair_negatives([[s] for s in seqs])] for _ in range(2))
+    paired, again = ([row[0] for row in complete_rows([[s] for s in seqs])] for _ in range(2))
     words = [s.segments[1].data for s in seqs]
     for seq, pair, same in zip(seqs, paired, again):
         assert all(a is b for a, b in zip(pair.segments[:3], seq.segments[:3]))  # the matched view, and the tone again
@@ -249,7 +253,7 @@ def test_itm_negatives_pair_each_tone_with_another_samples_word(recipe, tokenize
         assert torch.equal(negative, same.segments[-1].data)  # the batch decides
         assert not torch.equal(negative, seq.segments[1].data)
         assert any(torch.equal(negative, w[: len(negative)]) for w in words)
-    alone = pair_negatives([[seqs[0]]])[0][0]  # no other sample to pair with: the matched view only
+    alone = complete_rows([[seqs[0]]])[0][0]  # no other sample to pair with: the matched view only
     assert [s.view for s in alone.segments] == [0, 0]
     out = new_model(tokenizer)(batch_of(tokenizer, [seqs[0]]))
     assert torch.isfinite(out["loss"]) and out["sample_loss"][0] > 0

@@ -110,7 +110,7 @@ def test_layout_hallucination_tokens_in_view_0_sound_in_view_1_and_none_at_test(
     tokens = recipe.data.datasets[0].distill.tokens
     _, train = batch_of(recipe, 4, training=True)
     _, test = batch_of(recipe, 4, training=False)
-    audio = 3  # MODALITIES.index("audio")
+    audio = 3  # modality_codes()["audio"]
     for batch, views in ((train, {0, 1}), (test, {0})):
         real = batch["enc_sample"] >= 0
         assert set(batch["enc_view"][real].tolist()) == views

@@ -28,9 +28,10 @@ SETS = [
     "logging.every=2",  # the checkpoint at step 3 falls inside a logging window: it must carry the window's sums
     "model.overrides.dropout=0.1",  # the trainer's RNG state matters
     "logging.sample_log=true",  # each rank's samples, step by step
-    f"train.eval_every={EVERY}",  # validation at each checkpoint's step: redone after the resume, training unchanged
-    "train.eval_samples=24",  # a batch of 16 on rank 0, of 8 on rank 1
 ]
+# validation at each checkpoint's step, redone after the resume, training unchanged (the SIGKILL test only):
+# 18 samples, a batch of 16 on rank 0 and of 2 on rank 1
+VALIDATE = ["--set", f"train.eval_every={EVERY}", "--set", "train.eval_samples=18"]
 TIMING = {"tokens_per_s", "samples_per_s", "data_wait_s", "tflops_per_s", "mfu", "peak_memory_mib"}
 
 
@@ -39,11 +40,11 @@ def train_args(out, *extra: str) -> list[str]:
     return ["train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], *extra]
 
 
-def start(out, cwd) -> subprocess.Popen:
+def start(out, cwd, *extra: str) -> subprocess.Popen:
     """A run in its own process group, its output in `out`.log."""
     out.parent.mkdir(parents=True, exist_ok=True)
     log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 (the run writes to it after we return)
-    cmd = [sys.executable, "-m", "unimodal.cli", *train_args(out)]
+    cmd = [sys.executable, "-m", "unimodal.cli", *train_args(out, *extra)]
     return subprocess.Popen(
         cmd, cwd=cwd, env=unimodal_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -76,7 +77,7 @@ def logged_steps(out) -> list[int]:
 @pytest.fixture(scope="module")
 def uninterrupted(workspace):
     out = workspace / "runs" / "resume-test" / "uninterrupted"
-    result = unimodal(*train_args(out), cwd=workspace)
+    result = unimodal(*train_args(out, *VALIDATE), cwd=workspace)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -85,7 +86,7 @@ def test_sigkill_while_saving_then_resume_gives_the_uninterrupted_losses(uninter
     out = workspace / "runs" / "resume-test" / "killed"
     ckpt = out / "checkpoints"
     buffers_before = shm_buffers()
-    run = start(out, workspace)
+    run = start(out, workspace, *VALIDATE)
     wait_for(lambda: (ckpt / f"{PARTIAL}{tag(2 * EVERY)}").is_dir(), run)
     os.killpg(run.pid, signal.SIGKILL)  # the step-6 checkpoint is being written
     run.wait()
@@ -93,7 +94,7 @@ def test_sigkill_while_saving_then_resume_gives_the_uninterrupted_losses(uninter
         path.unlink(missing_ok=True)
     assert (ckpt / LATEST).read_text() == tag(EVERY)  # the last complete one
 
-    result = unimodal(*train_args(out, "--resume"), cwd=workspace)
+    result = unimodal(*train_args(out, *VALIDATE, "--resume"), cwd=workspace)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming at step {EVERY}" in result.stdout
     assert deterministic(out) == deterministic(uninterrupted)  # every later step's loss, bit for bit

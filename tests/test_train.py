@@ -17,7 +17,7 @@ from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.validate import BATCH
 
 STEPS, EVERY = 16, 8
-VAL_EVERY, VAL_SAMPLES = 4, 24  # validation during training: a batch of 16 on rank 0, of 8 on rank 1
+VAL_EVERY, VAL_SAMPLES = 8, 18  # validation during training at steps 8 and 16: a batch of 16 on rank 0, of 2 on rank 1
 
 
 def run_args(out_dir) -> list[str]:

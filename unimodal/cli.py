@@ -27,7 +27,6 @@ from pathlib import Path
 from unimodal.commands.inspect import NoShards, format_report, inspect_shards, shard_urls
 from unimodal.config import RecipeError
 from unimodal.data.write import ShardWriteError, folder_samples, manifest_samples, size_in_bytes, summary, write_shards
-from unimodal.fields import DECODABLE
 from unimodal.recipe import load_recipe
 from unimodal.train.launch import StageFailed, StageStopped
 
@@ -302,7 +301,6 @@ def parser() -> argparse.ArgumentParser:
         "--drop",
         action="append",
         default=[],
-        choices=list(DECODABLE),
         metavar="MODALITY",
         help="leave this input modality out of every example (repeatable): missing-modality evaluation",
     )

@@ -1,7 +1,10 @@
 """The recipe schema: one YAML per curriculum stage, as typed, inert pydantic models.
 
-This module is the ground of the package: it imports only `unimodal.fields`
-(which extensions each modality reads). A mistake in a recipe (unknown field,
+This module sits just above the ground of the package: it imports only the
+modality registry (unimodal/modalities/: each modality's extensions and
+tokenizer settings), the objective registry (`unimodal.objectives`, read when
+a recipe is validated, so objectives a plugin registers are known) and
+`unimodal.fields`. A mistake in a recipe (unknown field,
 wrong type, a closed set's unknown value, a modality with no decoder) is
 refused here, with the allowed values; reading the YAML, `--set` overrides
 and the file checks are `unimodal.recipe.load_recipe`'s.
@@ -9,14 +12,30 @@ and the file checks are `unimodal.recipe.load_recipe`'s.
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_right
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import braceexpand
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from unimodal.fields import DECODABLE, check_field
+from unimodal.fields import check_field, extension
+from unimodal.modalities import Modality, modalities
+from unimodal.modalities.text import CLS, TEXT
+from unimodal.objectives import known_metric, objective, objectives
+from unimodal.objectives.registry import fits
+from unimodal.objectives.seq2seq import SEQ2SEQ
 
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
 
@@ -29,45 +48,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# What a dataset trains (unimodal/tokenize/objectives.py lays samples out, unimodal/model/heads.py scores them):
-#   seq2seq      the decoder writes the text `target` from the encoded inputs (UnIVAL, MultiModel)
-#   mlm          masked text tokens predicted from the encoder by the tied LM head (MoMo)
-#   mim          masked patches' normalised pixels regressed from the encoder (MoMo, SimMIM)
-#   contrastive  the two inputs encoded apart, pooled, InfoNCE over the step's pairs on all ranks (CLIP)
-#   itm          the two inputs encoded together: matched, or mismatched with another sample's second input
-Objective = Literal["seq2seq", "mlm", "mim", "contrastive", "itm"]
-OBJECTIVES: tuple[str, ...] = get_args(Objective)
-MASK_RATIO = {"mlm": 0.15, "mim": 0.6}  # defaults: BERT's 15% of tokens, SimMIM's 60% of patches
-
-# Held-out metrics of `unimodal eval` (unimodal/eval/metrics.py), by the objectives that can report them:
-#   exact_match  seq2seq      the generated text equals the target, whitespace-normalised
-#   wer          seq2seq      word error rate: word edits over reference words, over the whole eval set
-#   bleu         seq2seq      sacreBLEU's corpus BLEU, 0-100
-#   accuracy     mlm, itm     masked text tokens predicted; matched and mismatched pairs told apart
-#   recall@K     contrastive  the true partner among the K most similar of the eval set (any K >= 1)
-# mim has none: a reconstruction error has no scale to read it on.
-Metric = Annotated[str, Field(pattern=r"^(exact_match|wer|bleu|accuracy|recall@[1-9][0-9]*)$")]
-OBJECTIVE_METRICS = {
-    "seq2seq": ("exact_match", "wer", "bleu"),
-    "mlm": ("accuracy",),
-    "mim": (),
-    "contrastive": ("recall@K",),
-    "itm": ("accuracy",),
-}
-DEFAULT_METRIC = {"seq2seq": "exact_match", "mlm": "accuracy", "itm": "accuracy", "contrastive": "recall@1"}
-
-
-def recall_k(metric: str) -> int | None:
-    """K of a `recall@K` metric, else None."""
-    return int(metric.removeprefix("recall@")) if metric.startswith("recall@") else None
-
-
-def metric_fits(metric: str, objective: str) -> bool:
-    return recall_k(metric) is not None if objective == "contrastive" else metric in OBJECTIVE_METRICS[objective]
+# What a dataset trains: a registered objective (unimodal/objectives/, one module each), refused naming the known ones
+ObjectiveName = Annotated[str, AfterValidator(lambda name: objective(name).name)]
+# A held-out metric of `unimodal eval`: one some registered objective reports (its module says what each means)
+Metric = Annotated[str, AfterValidator(known_metric)]
 
 
 class ObjectiveOptions(Strict):
-    # mlm: fraction of the text input's tokens masked; mim: of each image, audio or video input's patches
+    # the fraction of its inputs' tokens a masking objective masks (mlm: the text input's; mim: each
+    # image, audio or video input's patches); absent: the objective's default
     mask_ratio: float | None = Field(None, gt=0, lt=1)
 
 
@@ -96,11 +85,13 @@ class DatasetConfig(Strict):
     shards: str | list[str]
     eval_shards: str | list[str] | None = None
     inputs: dict[str, str] = Field(min_length=1)
-    target: str | None = None  # the text the decoder writes: seq2seq only
-    objective: Objective = "seq2seq"
+    target: str | None = None  # the text the decoder writes: objectives with a target (seq2seq) only
+    objective: ObjectiveName = SEQ2SEQ
     objective_options: ObjectiveOptions = Field(default_factory=ObjectiveOptions)
     # inputs present in training only (OS-MD): held-out evaluation reads the others alone
     privileged: list[str] = []
+    # names of the integer class ids of the dataset's `.cls` fields: id i is written as classes[i]; absent: as the id
+    classes: list[str] | None = Field(None, min_length=1)
     distill: DistillOptions = Field(default_factory=DistillOptions)  # with privileged inputs only
     metrics: list[Metric] = []  # held-out metrics of `unimodal eval`; empty: the objective's default
     weight: float = Field(1.0, gt=0)
@@ -113,8 +104,6 @@ class DatasetConfig(Strict):
     @classmethod
     def _inputs_decodable(cls, inputs: dict[str, str]) -> dict[str, str]:
         for modality, field in inputs.items():
-            if modality not in DECODABLE:
-                raise ValueError(f"unknown modality {modality!r} (known: {', '.join(DECODABLE)})")
             check_field(field, modality)
         return inputs
 
@@ -122,40 +111,42 @@ class DatasetConfig(Strict):
     @classmethod
     def _target_is_text(cls, target: str | None) -> str | None:
         if target is not None:
-            check_field(target, "text")
+            check_field(target, TEXT)
         return target
 
     @model_validator(mode="after")
     def _objective_fits(self) -> DatasetConfig:
-        o, patches = self.objective, [m for m in self.inputs if m != "text"]
-        if o == "seq2seq" and self.target is None:
+        o = objective(self.objective)
+        if o.target and self.target is None:
             raise ValueError(
-                "target: objective seq2seq needs the text field the decoder writes, e.g. txt or json.caption"
+                f"target: objective {o.name} needs the text field the decoder writes, e.g. txt or json.caption"
             )
-        if o != "seq2seq" and self.target is not None:
-            raise ValueError(f"target: objective {o} has no decoder target; leave target out")
-        if o == "mlm" and "text" not in self.inputs:
-            raise ValueError("inputs: objective mlm masks text tokens and needs a text input")
-        if o == "mim" and not patches:
-            raise ValueError("inputs: objective mim masks patches and needs an image, audio or video input")
-        if o in ("contrastive", "itm") and len(self.inputs) != 2:
-            raise ValueError(f"inputs: objective {o} pairs exactly two inputs, got {len(self.inputs)}")
-        if o in ("contrastive", "itm") and self.prompt is not None:
-            raise ValueError(f"prompt: objective {o} encodes its two inputs without a prompt; leave prompt out")
+        if not o.target and self.target is not None:
+            raise ValueError(f"target: objective {o.name} has no decoder target; leave target out")
+        o.check(self)
         ratio = self.objective_options.mask_ratio
-        if ratio is not None and o not in MASK_RATIO:
-            raise ValueError(f"objective_options.mask_ratio: only for objectives {' and '.join(MASK_RATIO)}, not {o}")
-        if o in MASK_RATIO and ratio is None:  # the default written out, so the run's saved recipe.yaml shows it
-            self.objective_options = ObjectiveOptions(mask_ratio=MASK_RATIO[o])
-        wrong = [m for m in self.metrics if not metric_fits(m, o)]
+        if ratio is not None and o.mask_ratio is None:
+            masking = [m.name for m in objectives() if m.mask_ratio is not None]
+            raise ValueError(f"objective_options.mask_ratio: only for objectives {' and '.join(masking)}, not {o.name}")
+        # the default written out, so the run's saved recipe.yaml shows it
+        if o.mask_ratio is not None and ratio is None:
+            self.objective_options = ObjectiveOptions(mask_ratio=o.mask_ratio)
+        wrong = [m for m in self.metrics if not any(fits(m, spec) for spec in o.metrics)]
         if wrong:
             raise ValueError(
-                f"metrics: {', '.join(wrong)} not for objective {o} (it takes {', '.join(OBJECTIVE_METRICS[o]) or 'none'})"
+                f"metrics: {', '.join(wrong)} not for objective {o.name} (it takes {', '.join(o.metrics) or 'none'})"
             )
         if len(set(self.metrics)) < len(self.metrics):
             raise ValueError(f"metrics: {self.metrics} names one twice")
-        if not self.metrics and o in DEFAULT_METRIC:  # written out too
-            self.metrics = [DEFAULT_METRIC[o]]
+        if not self.metrics and o.default_metric is not None:  # written out too
+            self.metrics = [o.default_metric]
+        return self
+
+    @model_validator(mode="after")
+    def _classes_name_cls_fields(self) -> DatasetConfig:
+        fields = [*self.inputs.values(), *([self.target] if self.target else [])]
+        if self.classes is not None and not any(extension(f) == CLS for f in fields):
+            raise ValueError("classes: names the ids of .cls fields, and no input or target of this dataset is one")
         return self
 
     @model_validator(mode="after")
@@ -165,9 +156,10 @@ class DatasetConfig(Strict):
             if self.distill != DistillOptions():  # against the defaults: a saved recipe.yaml writes them out
                 raise ValueError("distill: only for datasets with privileged inputs")
             return self
-        if self.objective != "seq2seq":
+        if not objective(self.objective).target:
+            fusing = " or ".join(o.name for o in objectives() if o.target)
             raise ValueError(
-                f"privileged: only for objective seq2seq (the decoder fuses the features), not {self.objective}"
+                f"privileged: only for objective {fusing} (the decoder fuses the features), not {self.objective}"
             )
         unknown = [m for m in p if m not in self.inputs]
         if unknown:
@@ -194,7 +186,7 @@ class DatasetConfig(Strict):
     @property
     def modality(self) -> str:
         """The dataset's main input modality: the first non-text input, else text."""
-        return next((m for m in self.inputs if m != "text"), "text")
+        return next((m for m in self.inputs if m != TEXT), TEXT)
 
     @property
     def task_prompt(self) -> str:
@@ -321,60 +313,52 @@ class DataConfig(Strict):
         return datasets
 
 
-class ImageTokens(Strict):
-    size: int = Field(32, gt=0)
-    patch: int = Field(8, gt=0)
+class TokenizerFields(Strict):
+    """The tokenizer's settings that belong to no one modality."""
 
-    @model_validator(mode="after")
-    def _divides(self) -> ImageTokens:
-        if self.size % self.patch:
-            raise ValueError(f"patch {self.patch} must divide size {self.size}")
-        return self
+    max_text_tokens: int = Field(64, gt=0)  # longest text input or target, in SentencePiece ids
 
 
-class AudioTokens(Strict):
-    sample_rate: int = 16000
-    seconds: float = Field(1.0, gt=0)  # clips are cropped or zero-padded to this length
-    n_fft: int = 512
-    hop: int = 160
-    n_mels: int = 64
-    f_max: float | None = None
-    patch_frames: int = 10
-    patch_mels: int = 16
+class TokenizerConfig(TokenizerFields):
+    """`max_text_tokens`, and a field per registered modality that has settings, named after it and of its
+    settings type (unimodal/modalities/): `text` the SentencePiece model (trained with `unimodal tokenizer
+    train`), `image`, `audio`, `video` how they are patched. The modality fields are checked against the
+    registry whenever a tokenizer section is validated, so a plugin's modality has its field too."""
 
-    @model_validator(mode="after")
-    def _divides(self) -> AudioTokens:
-        if self.n_mels % self.patch_mels:
-            raise ValueError(f"patch_mels {self.patch_mels} must divide n_mels {self.n_mels}")
-        return self
+    model_config = ConfigDict(extra="allow")  # the modality fields, checked by `_modality_fields` alone
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _modality_fields(cls, data: Any, handler: ModelWrapValidatorHandler[TokenizerConfig]) -> TokenizerConfig:
+        if isinstance(data, dict):
+            fields = tokenizer_schema(modalities())
+            unknown = [k for k in data if k not in fields.model_fields]
+            if unknown:
+                raise ValueError(
+                    f"{', '.join(unknown)}: no such tokenizer field (fields: {', '.join(fields.model_fields)}; "
+                    "a modality of a plugin has its field once the recipe's `plugins` name its module)"
+                )
+            data = dict(fields.model_validate(data))
+        return handler(data)
 
-class VideoTokens(Strict):
-    frames: int = Field(8, gt=0)
-    # absent: `frames` spread evenly over the whole clip; set: `frames` taken at this rate
-    # from the middle of the clip (the last frame repeats if the clip is too short)
-    fps: float | None = Field(None, gt=0)
-    size: int = Field(32, gt=0)
-    patch: int = Field(8, gt=0)
-    tubelet: int = Field(2, gt=0)
-
-    @model_validator(mode="after")
-    def _divides(self) -> VideoTokens:
-        if self.size % self.patch or self.frames % self.tubelet:
-            raise ValueError("patch must divide size and tubelet must divide frames")
-        return self
+    def settings(self, name: str) -> Any:
+        """Modality `name`'s settings; None for a modality without any."""
+        return (self.model_extra or {}).get(name)
 
 
-class TokenizerConfig(Strict):
-    text: Path  # SentencePiece model, trained with `unimodal tokenizer train`
-    max_text_tokens: int = Field(64, gt=0)
-    image: ImageTokens = ImageTokens()
-    audio: AudioTokens = AudioTokens()
-    video: VideoTokens = VideoTokens()
+@functools.cache
+def tokenizer_schema(registered: tuple[Modality, ...]) -> type[TokenizerFields]:
+    """The closed schema of a tokenizer section while `registered` are the modalities."""
+    fields: dict[str, Any] = {
+        m.name: (m.settings, Field(default_factory=m.settings) if issubclass(m.settings, BaseModel) else ...)
+        for m in registered
+        if m.settings is not None
+    }
+    return create_model("TokenizerConfig", __base__=TokenizerFields, **fields)
 
 
 class AdapterConfig(Strict):
-    """Residual MLP per contrastive view on the pooled encoder states (unimodal/model/adapter.py)."""
+    """Residual MLP per contrastive view on the pooled encoder states (unimodal/objectives/adapter.py)."""
 
     dim: int = Field(64, gt=0)  # hidden width; per view 2 d dim + 3 d + dim parameters (d: d_model)
 
@@ -400,7 +384,7 @@ class Body(Strict):
     d_model: int = Field(gt=0)
     n_heads: int = Field(gt=0)
     enc_layers: int = Field(gt=0)
-    dec_layers: int = Field(ge=0)  # 0: encoder only (no seq2seq datasets then)
+    dec_layers: int = Field(ge=0)  # 0: encoder only (no datasets with a target then)
     mlp_ratio: float = Field(4.0, gt=0)
     max_positions: int = Field(1024, gt=0)  # longest encoder input and longest decoder input
     dropout: float = Field(0.0, ge=0, lt=1)  # embeddings, residual branches, MLP
@@ -449,22 +433,23 @@ class ModelSection(Strict):
         return self
 
 
-# The model's parts by attribute name (unimodal/model/unified.py); lm_head is tok_emb's weight, tied.
-Module = Literal[
-    "tok_emb",
-    "stems",
-    "mod_emb",
-    "enc_pos",
-    "dec_pos",
-    "encoder",
-    "decoder",
-    "mask_emb",
-    "mim",
-    "contrastive",
-    "itm",
-    "adapter",
-]
-MODULES: tuple[str, ...] = get_args(Module)
+# The model's parts by attribute name (unimodal/model/unified.py), then the registered objectives' heads;
+# lm_head is tok_emb's weight, tied.
+BODY_MODULES = ("tok_emb", "stems", "mod_emb", "enc_pos", "dec_pos", "encoder", "decoder", "mask_emb")
+
+
+def modules() -> tuple[str, ...]:
+    """What `train.trainable` can name: the body's parts and every registered objective's heads."""
+    return BODY_MODULES + tuple(head for o in objectives() for head in o.heads)
+
+
+def _known_module(name: str) -> str:
+    if name not in modules():
+        raise ValueError(f"unknown module {name!r} (known: {', '.join(map(repr, modules()))})")
+    return name
+
+
+Module = Annotated[str, AfterValidator(_known_module)]
 
 
 class TrainConfig(Strict):
@@ -510,8 +495,15 @@ class LoggingConfig(Strict):
     )
 
 
+# A plugin: a module name, e.g. `my_project.depth`
+Plugin = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
+
+
 class Recipe(Strict):
     name: str
+    # modules imported before the recipe is validated, in every process of the run (unimodal/plugins.py):
+    # a module that registers a modality (or objective) of its own; importable by name (installed, or on PYTHONPATH)
+    plugins: list[Plugin] = []
     seed: int = 0
     # absent: from scratch; "previous": the previous curriculum stage's output directory;
     # otherwise a finished stage's output directory (holding model.safetensors)
@@ -546,11 +538,13 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
-    def _seq2seq_needs_a_decoder(self) -> Recipe:
-        seq2seq = [d.name for d in self.data.datasets if d.objective == "seq2seq"]
-        if seq2seq and self.model.overrides.get("dec_layers") == 0:
+    def _targets_need_a_decoder(self) -> Recipe:
+        decoding = [d for d in self.data.datasets if objective(d.objective).target]
+        if decoding and self.model.overrides.get("dec_layers") == 0:
+            kinds = " and ".join(dict.fromkeys(d.objective for d in decoding))
             raise ValueError(
-                f"model.overrides.dec_layers: 0 leaves no decoder for the seq2seq datasets {', '.join(seq2seq)}"
+                f"model.overrides.dec_layers: 0 leaves no decoder for the {kinds} datasets "
+                + ", ".join(d.name for d in decoding)
             )
         return self
 

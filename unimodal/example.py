@@ -15,6 +15,6 @@ class Example:
 
     dataset: int
     key: str
-    inputs: dict[str, Any]  # "text": str, "image": uint8 [H,W,3], "audio": float32 [n], "video": uint8 [T,H,W,3]
+    inputs: dict[str, Any]  # per modality, what its decoder returns (unimodal/modalities/)
     target: str | None
     epoch: int = 0

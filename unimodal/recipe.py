@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from unimodal.config import REMOTE_PREFIXES, Recipe, RecipeError, expand_shards
+from unimodal.config import REMOTE_PREFIXES, Plugin, Recipe, RecipeError, expand_shards
 from unimodal.data.index import shard_samples
+from unimodal.plugins import import_plugins
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -66,6 +67,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_recipe(path: str | Path, overrides: list[str] = (), check_files: bool = True) -> Recipe:
     """Read, override, validate. Raises RecipeError naming `path` and the field."""
     raw = apply_overrides(read_yaml(path), list(overrides))
+    load_plugins(raw, path)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
@@ -77,6 +79,19 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_files: bool =
     if check_files:
         check_recipe_files(recipe, path)
     return recipe
+
+
+def load_plugins(raw: dict[str, Any], path: str | Path) -> None:
+    """Import the recipe's `plugins` before it is validated: they register the modalities it may name.
+    A list that is not one of names is left to validation to refuse."""
+    try:
+        plugins = TypeAdapter(list[Plugin]).validate_python(raw.get("plugins", []))
+    except ValidationError:
+        return
+    try:
+        import_plugins(plugins)
+    except ImportError as err:
+        raise RecipeError(f"{path}: plugins: {err}") from None
 
 
 def check_recipe_files(recipe: Recipe, path: str | Path) -> None:

@@ -29,10 +29,10 @@ from typing import Any
 from unimodal.config import REMOTE_PREFIXES, TokenizerConfig, expand_shards
 from unimodal.data.decode import BadSample, decode_field
 from unimodal.data.stream import BrokenShard, read_shard
-from unimodal.fields import PICKLED, modality_of, suffix
+from unimodal.fields import member, modality_of, suffix, unzipped
+from unimodal.modalities import PICKLED
 
 EXAMPLES = 20
-DEFAULTS = TokenizerConfig(text=Path("unused"))  # the decoders read only its image, audio and video settings
 
 
 class NoShards(ValueError):
@@ -54,13 +54,18 @@ def shard_urls(patterns: list[str]) -> list[str]:
     return urls
 
 
+def defaults() -> TokenizerConfig:
+    """Every modality's default settings, for decoding (the text model is not read)."""
+    return TokenizerConfig(text=Path("unused"))
+
+
 def decode_member(raw: dict[str, Any], ext: str) -> str | None:
     """Decode one member as training would: None if it decodes, else the reason it does not."""
     try:
-        if suffix(ext) == "json":
-            json.loads(raw[ext])
+        if suffix(unzipped(ext)) == "json":
+            json.loads(member(raw, ext))
         else:
-            decode_field(raw, ext, modality_of(ext), DEFAULTS)
+            decode_field(raw, ext, modality_of(ext), defaults())
     except BadSample as err:
         return err.reason
     except ValueError:  # json.loads: not JSON, or not UTF-8

@@ -36,8 +36,9 @@ from unimodal.data.packing import fill_batch
 from unimodal.data.stream import ShardStream, stream_seed
 from unimodal.data.transport import pack, unpack
 from unimodal.data.worker_signals import serve_through_a_stop
+from unimodal.plugins import import_plugins
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.tokenize.objectives import pair_negatives
+from unimodal.tokenize.objectives import complete_rows
 from unimodal.tokenize.sequence import TokenSequence, collate_rows
 from unimodal.tokenize.text import BOS_ID
 
@@ -171,7 +172,7 @@ class MixedBatches(IterableDataset):
         # samples set aside join self._pending: a later batch opens with them; they are part of the position
         packer, items = fill_batch(self._next_sample, self._pending, data.batch_tokens, data.pack_length)
         self.batches += 1
-        batch = collate_rows(pair_negatives(packer.rows), self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
+        batch = collate_rows(complete_rows(packer.rows), self.tokenizer.patch_dims, BOS_ID, packer.enc_length)
         batch["meta"] = {
             "keys": [f"{self.datasets[d].name}/{raw['__key__']}" for d, raw, _ in items],
             "epochs": [raw["__epoch__"] for _, raw, _ in items],
@@ -201,6 +202,12 @@ def mix_lag(recipe: Recipe, accumulation: int) -> int:
     """Steps from a loss-aware update to the first step it may steer: past every prefetched batch."""
     ahead = PREFETCH * recipe.data.workers + 1
     return -(-ahead // accumulation)
+
+
+def start_worker(stopping, plugins: list[str], worker: int) -> None:
+    """A worker's start: the recipe's plugins imported (a forked worker has them, a spawned one not yet)."""
+    import_plugins(plugins)
+    serve_through_a_stop(stopping, worker)
 
 
 def build_train_loader(
@@ -234,7 +241,7 @@ def build_train_loader(
         prefetch_factor=PREFETCH if workers else None,
         persistent_workers=False,
         pin_memory=pin_memory,
-        worker_init_fn=functools.partial(serve_through_a_stop, stopping),
+        worker_init_fn=functools.partial(start_worker, stopping, recipe.plugins),
         # a worker sends its position with every 32nd batch, not every batch (the position of a
         # shuffle buffer is hundreds of coordinates); a restored loader replays the batches since
         # the last snapshot, which this deterministic pipeline rebuilds exactly

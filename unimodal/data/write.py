@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from unimodal.data.index import write_index
-from unimodal.fields import PICKLED, suffix
+from unimodal.fields import suffix
+from unimodal.modalities import PICKLED
 
 INLINE_TEXT = ("txt", "cls")  # manifest values of these are the text itself
 FIELD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")

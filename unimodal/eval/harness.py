@@ -12,30 +12,23 @@ the model sees the prompt and the remaining inputs only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from itertools import chain, islice
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
 
-from unimodal.config import DatasetConfig, Recipe, RecipeError, expand_shards, recall_k
+from unimodal.config import DatasetConfig, Recipe, RecipeError, expand_shards
 from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.stream import eval_samples
-from unimodal.eval.metrics import accuracy, bleu, exact_match, recall_at_k, word_error_rate
-from unimodal.eval.objectives import Batches, generated_texts, masked_tokens, match_predictions, pair_embeddings
 from unimodal.model import UnifiedModel
 from unimodal.model.pretrained import NotPretrained, load_pretrained
+from unimodal.objectives import Batches, objective
 from unimodal.tokenize.multimodal import MultimodalTokenizer
-from unimodal.tokenize.objectives import pair_negatives
+from unimodal.tokenize.objectives import complete_rows
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID
-
-TEXT_METRICS: dict[str, Callable[[list[str], list[str]], float]] = {
-    "exact_match": exact_match,
-    "wer": word_error_rate,
-    "bleu": bleu,
-}
 
 
 def load_model(weights_dir: str | Path) -> UnifiedModel:
@@ -87,7 +80,7 @@ def _batches(examples: Iterator, tokenizer: MultimodalTokenizer, batch_size: int
     """(batch, reference texts) of up to `batch_size` samples, one a row."""
     while chunk := list(islice(examples, batch_size)):
         seqs, refs = zip(*chunk)
-        yield collate_rows(pair_negatives([[s] for s in seqs]), tokenizer.patch_dims, BOS_ID), refs
+        yield collate_rows(complete_rows([[s] for s in seqs]), tokenizer.patch_dims, BOS_ID), refs
 
 
 def subset_batches(
@@ -101,36 +94,11 @@ def subset_batches(
     return batches
 
 
-def predict(
-    ds: DatasetConfig, model: UnifiedModel, batches: Batches, tokenizer: MultimodalTokenizer, max_new_tokens: int
-) -> tuple:
-    """What `ds`'s metrics are computed from, one entry per sample, so that the parts from several passes
-    concatenate (lists and tensors, in batch order) into what one pass over all their batches gives:
-    seq2seq (hypotheses, references); contrastive (view embeddings [N, 2, d],); mlm, itm (predicted, truth).
-    """
-    if ds.objective == "seq2seq":
-        return generated_texts(model, batches, tokenizer.text, max_new_tokens)
-    if ds.objective == "contrastive":
-        return (pair_embeddings(model, batches),)
-    return (masked_tokens if ds.objective == "mlm" else match_predictions)(model, batches)
-
-
-def metrics_of(ds: DatasetConfig, predictions: tuple) -> dict[str, float]:
-    """{metric: value} for the metrics `ds` names, from `predict`'s output over the whole eval set."""
-    if ds.objective == "seq2seq":
-        return {m: TEXT_METRICS[m](*predictions) for m in ds.metrics}
-    if ds.objective == "contrastive":  # retrieval both ways, averaged
-        z = predictions[0]
-        sim, ks = z[:, 0] @ z[:, 1].T, {m: recall_k(m) for m in ds.metrics}
-        return {m: (recall_at_k(sim, k) + recall_at_k(sim.T, k)) / 2 for m, k in ks.items()}
-    return {"accuracy": accuracy(*predictions)}
-
-
 def score(
     ds: DatasetConfig, model: UnifiedModel, batches: Batches, tokenizer: MultimodalTokenizer, max_new_tokens: int
 ) -> dict[str, float]:
-    """{metric: value} for the metrics `ds` names, from one pass of the model over its batches."""
-    return metrics_of(ds, predict(ds, model, batches, tokenizer, max_new_tokens))
+    """{metric: value} for the metrics `ds` names, from one pass of the model over its batches: its objective's `score`."""
+    return objective(ds.objective).score(model, batches, ds, tokenizer, max_new_tokens)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from pydantic import model_validator
 from torch import nn
 
 from unimodal.config import PRESETS, Attention, Body
-from unimodal.tokenize.sequence import PATCH_MODALITIES
+from unimodal.modalities import patch_modalities
 
 # Body sizes (unimodal.config.PRESETS). Parameter counts (count_parameters, tied LM head, the objectives' heads)
 # with an 8000-token vocab, max_positions 1024 and patch dims image 768, audio 256, video 1536:
@@ -29,15 +29,16 @@ class ModelConfig(Body):
     the vocab and patch dims from the tokenizer, and how the run executes it."""
 
     vocab_size: int
-    patch_dims: dict[str, int]  # flat patch size per entry of PATCH_MODALITIES
+    patch_dims: dict[str, int]  # flat patch size per modality of patch_modalities(), in that order
     attention: Attention = "auto"
     compile: bool = False  # torch.compile each Transformer block
     adapter_dim: int | None = None  # hidden width of the contrastive views' adapters; None: none
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if set(self.patch_dims) != set(PATCH_MODALITIES):
-            raise ValueError(f"patch_dims keys must be {PATCH_MODALITIES}, got {sorted(self.patch_dims)}")
+        if set(self.patch_dims) != set(patch_modalities()):
+            raise ValueError(f"patch_dims keys must be {patch_modalities()}, got {sorted(self.patch_dims)}")
+        self.patch_dims = {m: self.patch_dims[m] for m in patch_modalities()}  # the heads' order, whatever the source's
         if self.attention == "flex" and self.attention_dropout:
             raise ValueError(
                 f"attention: flex has no attention dropout; attention_dropout is {self.attention_dropout} (use sdpa)"

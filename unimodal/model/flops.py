@@ -15,10 +15,12 @@ and E encoder tokens, P_m patches of modality m with flat size p_m:
                        + T * 4 d^2 + E * 4 d^2      cross-attention: q and out; kv of the memory
                        + T * 4 E d                  cross-attention scores and sum
     stems                sum_m P_m * 2 p_m d
-    LM head              (T + K) * 2 d V            K: masked text tokens (mlm)
-    mim head             sum_m M_m * 2 d p_m        M_m: masked patches of modality m
-    contrastive          n * 2 * 2 d^2 + 4 n^2 d    n pairs: both views projected; both similarity matrices
-    itm head             6 d per view               the two inputs pooled and their product
+    LM head              T * 2 d V
+    objectives' heads    each objective's `flops` (unimodal/objectives/), e.g.
+      mlm                K * 2 d V                  K: masked text tokens of mlm samples, through the LM head
+      mim                sum_m M_m * 2 d p_m        M_m: masked patches of modality m
+      contrastive        n * 2 * 2 d^2 + 4 n^2 d    n pairs: both views projected; both similarity matrices
+      itm                6 d per view               the two inputs pooled and their product
 
 Causal attention is counted in full, as PyTorch's FlopCounterMode and most
 published MFU figures count it; embeddings, norms, pooling and softmax are
@@ -35,10 +37,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unimodal.config import OBJECTIVES
+from unimodal.modalities import modality_codes, patch_modalities
 from unimodal.model.config import ModelConfig
-from unimodal.model.unified import view_ids
-from unimodal.tokenize.sequence import MODALITIES, PATCH_MODALITIES
+from unimodal.objectives import objectives
+from unimodal.objectives.reading import view_ids
 
 
 def encoder_flops(cfg: ModelConfig, enc_len: int) -> int:
@@ -71,15 +73,8 @@ def view_lengths(batch: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def head_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], views: np.ndarray) -> int:
-    """Forward FLOPs of the encoder-only objectives' heads on a batch with these `view_lengths`."""
-    d = cfg.d_model
-    modality, masked, objective = (batch[k].numpy() for k in ("modality", "enc_masked", "objective"))
-    flops = 2 * d * cfg.vocab_size * int((masked & (modality == MODALITIES.index("text"))).sum())
-    for m in PATCH_MODALITIES:
-        flops += 2 * d * cfg.patch_dims[m] * int((masked & (modality == MODALITIES.index(m))).sum())
-    pairs = int((objective == OBJECTIVES.index("contrastive")).sum())
-    flops += pairs * 4 * d * d + 4 * pairs * pairs * d
-    return flops + 6 * d * int((views[objective == OBJECTIVES.index("itm")] > 0).sum())
+    """Forward FLOPs of the objectives' own heads (each objective's `flops`) on a batch with these `view_lengths`."""
+    return sum(o.flops(cfg, batch, views, tuple(modality_codes())) for o in objectives() if o.flops is not None)
 
 
 def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
@@ -92,7 +87,7 @@ def batch_train_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor]) -> int:
     enc = views.sum(1).tolist()
     dec_sample = batch["dec_sample"].numpy()
     dec = np.bincount(dec_sample[dec_sample >= 0], minlength=len(enc)).tolist()
-    stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in PATCH_MODALITIES)
+    stems = sum(2 * batch[f"patches_{m}"].shape[0] * cfg.patch_dims[m] * cfg.d_model for m in patch_modalities())
     body = sum(encoder_flops(cfg, e) for e in views.flatten().tolist())
     body += sum(decoder_flops(cfg, t, e) for t, e in zip(dec, enc))
     return 3 * (body + stems + head_flops(cfg, batch, views))

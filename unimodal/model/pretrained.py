@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unimodal.config import DatasetConfig, TokenizerConfig
+from unimodal.modalities.text import TEXT
 from unimodal.model import ModelConfig, UnifiedModel
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 
@@ -67,5 +68,5 @@ def load_tokenizer(path: str | Path, datasets: Sequence[DatasetConfig] = ()) -> 
     path = Path(path)
     _require(path, (TOKENIZER_CONFIG, TEXT_MODEL), "`unimodal export` writes them")
     raw = json.loads((path / TOKENIZER_CONFIG).read_text())
-    cfg = TokenizerConfig.model_validate(raw | {"text": path / raw["text"]})
+    cfg = TokenizerConfig.model_validate(raw | {TEXT: path / raw[TEXT]})
     return MultimodalTokenizer(cfg, list(datasets))

@@ -11,8 +11,9 @@ import torch
 
 from unimodal.config import DatasetConfig, TokenizerConfig
 from unimodal.example import Example
+from unimodal.modalities import modalities
+from unimodal.modalities.text import TEXT
 from unimodal.tokenize.objectives import lay_out, mask_seed, with_privileged
-from unimodal.tokenize.patches import AudioPatcher, ImagePatcher, VideoPatcher
 from unimodal.tokenize.sequence import Segment, TokenSequence
 from unimodal.tokenize.text import EOS_ID, TextTokenizer
 
@@ -25,11 +26,7 @@ class MultimodalTokenizer:
     def __init__(self, cfg: TokenizerConfig, datasets: list[DatasetConfig], seed: int = 0):
         self.cfg, self.datasets, self.seed = cfg, datasets, seed
         self.text = TextTokenizer(cfg.text)
-        self.patchers = {
-            "image": ImagePatcher(cfg.image),
-            "audio": AudioPatcher(cfg.audio),
-            "video": VideoPatcher(cfg.video),
-        }
+        self.patchers = {m.name: m.patcher(cfg.settings(m.name)) for m in modalities() if m.patcher is not None}
         self.prompts = [self._ids(ds.task_prompt) for ds in datasets]
         mask_id = self.text.sp.piece_to_id("<mask>")
         # OS-MD: the hallucination tokens of datasets with privileged inputs
@@ -50,10 +47,10 @@ class MultimodalTokenizer:
     def __call__(self, ex: Example) -> TokenSequence:
         ds = self.datasets[ex.dataset]
         inputs = [
-            Segment(modality, self._ids(value) if modality == "text" else self.patchers[modality](value))
+            Segment(modality, self._ids(value) if modality == TEXT else self.patchers[modality](value))
             for modality, value in ex.inputs.items()
         ]
-        prompt = Segment("text", self.prompts[ex.dataset])
+        prompt = Segment(TEXT, self.prompts[ex.dataset])
         seed = mask_seed(self.seed, ex.dataset, ex.key, ex.epoch)
         ordinary = [s for s in inputs if s.modality not in ds.privileged]
         segments = lay_out(ds.objective, prompt, ordinary, ds.objective_options.mask_ratio, seed)

@@ -9,7 +9,7 @@ A row holds one sample (padded batches) or several back to back (packed
 batches); N samples in all, numbered row-major:
 
     enc_ids    long  [B, L]  text ids at text positions, 0 elsewhere
-    modality   long  [B, L]  index into MODALITIES; 0 ("pad") at padding
+    modality   long  [B, L]  the token's modality code (unimodal.modalities.modality_codes): 0 at padding
     positions  long  [B, L]  position of the token within its sample's view
     enc_mask   bool  [B, L]  True at real tokens
     enc_sample long  [B, L]  the token's sample number, -1 at padding
@@ -17,7 +17,7 @@ batches); N samples in all, numbered row-major:
                each (sample, view) is encoded alone, as if it were a sample of its own
     enc_masked bool  [B, L]  True where the model puts its mask embedding (mlm, mim): the ids
                and patches there stay the originals, which mlm and mim predict
-    patches_<m> [N_m, D_m]  for m in PATCH_MODALITIES: the patch vectors (uint8 pixels, float log-mel)
+    patches_<m> [N_m, D_m]  for m in patch_modalities(): the patch vectors (uint8 pixels, float log-mel)
                of every position where modality == m, in row-major [B, L]
                order (so `x[modality == m] = stem_m(patches_m)` places them)
     dec_in     long  [B, T]  per sample BOS + target[:-1]; pad id 0 after the row's end
@@ -26,7 +26,7 @@ batches); N samples in all, numbered row-major:
     dec_sample long  [B, T]  the token's sample number, -1 at padding
                (the dec_* tensors hold seq2seq targets only: T is 0 in a batch without any)
     dataset    long  [N]     index of each sample's dataset in the recipe
-    objective  long  [N]     index of each sample's objective in OBJECTIVES
+    objective  long  [N]     each sample's objective, as `unimodal.objectives.objective_code` numbers it
 """
 
 from __future__ import annotations
@@ -37,14 +37,10 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from unimodal.config import OBJECTIVES
-
-MODALITIES = ("pad", "text", "image", "audio", "video")
-PATCH_MODALITIES = ("image", "audio", "video")
-PATCH_DTYPES = {"image": torch.uint8, "audio": torch.float32, "video": torch.uint8}
-IGNORE_INDEX = -100
-_CODE = {m: i for i, m in enumerate(MODALITIES)}
-_OBJECTIVE = {o: i for i, o in enumerate(OBJECTIVES)}
+from unimodal.modalities import modalities, modality_codes
+from unimodal.modalities.text import TEXT
+from unimodal.objectives import objective_code
+from unimodal.objectives.seq2seq import IGNORE_INDEX, SEQ2SEQ
 
 
 @dataclass
@@ -76,7 +72,7 @@ class TokenSequence:
     segments: list[Segment]
     target: torch.Tensor  # long [t], ends with EOS; [0] for objectives other than seq2seq
     dataset: int
-    objective: str = "seq2seq"
+    objective: str = SEQ2SEQ
 
     @cached_property
     def enc_len(self) -> int:
@@ -142,14 +138,16 @@ def collate_rows(
     views: list[int] = []
     masked: list[torch.Tensor | None] = []
     text: list[torch.Tensor] = []
-    patches: dict[str, list[torch.Tensor]] = {m: [] for m in PATCH_MODALITIES}
+    code = modality_codes()
+    patched = {m.name: m.patch_dtype for m in modalities() if m.patcher is not None}  # in stem order
+    patches: dict[str, list[torch.Tensor]] = {m: [] for m in patched}
     for seq in seqs:
         for seg in seq.segments:
-            codes.append(_CODE[seg.modality])
+            codes.append(code[seg.modality])
             runs.append(seg.data.shape[0])
             views.append(seg.view)
             masked.append(seg.masked)
-            (text if seg.modality == "text" else patches[seg.modality]).append(seg.data)
+            (text if seg.modality == TEXT else patches[seg.modality]).append(seg.data)
 
     ids = np.arange(len(seqs))
     enc_mask = np.arange(enc_len) < enc_row[:, None]
@@ -157,7 +155,7 @@ def collate_rows(
     modality[enc_mask] = np.repeat(codes, runs)
     enc_ids = np.zeros((b, enc_len), dtype=np.int64)
     if text:
-        enc_ids[modality == _CODE["text"]] = torch.cat(text).numpy()
+        enc_ids[modality == code[TEXT]] = torch.cat(text).numpy()
     positions = np.zeros((b, enc_len), dtype=np.int64)
     positions[enc_mask] = _restarting_arange(_view_lengths(seqs) if any(views) else enc_lens)
     enc_sample = np.full((b, enc_len), -1, dtype=np.int64)
@@ -195,13 +193,13 @@ def collate_rows(
         "dec_positions": dec_positions,
         "dec_sample": dec_sample,
         "dataset": np.array([s.dataset for s in seqs], dtype=np.int64),
-        "objective": np.array([_OBJECTIVE[s.objective] for s in seqs], dtype=np.int64),
+        "objective": np.array([objective_code(s.objective) for s in seqs], dtype=np.int64),
     }
     batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    for m in PATCH_MODALITIES:
+    for m, dtype in patched.items():
         rows = patches[m]
         if rows:
             batch[f"patches_{m}"] = torch.cat(rows)  # uint8 pixels, float log-mel: as the patchers made them
         else:
-            batch[f"patches_{m}"] = torch.zeros(0, patch_dims[m], dtype=PATCH_DTYPES[m])
+            batch[f"patches_{m}"] = torch.zeros(0, patch_dims[m], dtype=dtype)
     return batch

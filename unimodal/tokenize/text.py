@@ -16,6 +16,8 @@ import sentencepiece as spm
 import webdataset as wds
 
 from unimodal.config import expand_shards
+from unimodal.fields import member, unzipped
+from unimodal.modalities import BadSample
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 CONTROL_TOKENS = ("<sep>", "<mask>")
@@ -47,15 +49,18 @@ class TextTokenizer:
 
 
 def shard_texts(patterns: list[str]) -> Iterator[str]:
-    """Every `.txt` member and every string value of `.json` members (no decoding of anything else)."""
+    """Every `.txt` member and every string value of `.json` members, gzipped ones too (no decoding of anything else)."""
     urls = [u for p in patterns for u in expand_shards(p)]
     for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
-        for field, data in sample.items():
-            ext = field.rsplit(".", 1)[-1]
-            if ext == "txt":
-                yield data.decode("utf-8").strip()
-            elif ext == "json":
-                yield from _json_strings(json.loads(data))
+        for field in sample:
+            ext = unzipped(field).rsplit(".", 1)[-1]
+            try:
+                if ext == "txt":
+                    yield member(sample, field).decode("utf-8").strip()
+                elif ext == "json":
+                    yield from _json_strings(json.loads(member(sample, field)))
+            except BadSample:  # a gzip member that is corrupt or too large: training skips it too
+                continue
 
 
 def _json_strings(value) -> Iterator[str]:

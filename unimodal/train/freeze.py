@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from unimodal.config import MODULES
+from unimodal.config import modules
 
 
 def freeze_all_but(model: nn.Module, trainable: list[str] | None) -> int:
@@ -19,10 +19,10 @@ def freeze_all_but(model: nn.Module, trainable: list[str] | None) -> int:
     children = {n: list(m.parameters()) for n, m in model.named_children() if n != "lm_head"}  # its weight is tok_emb's
     parts = {n: params for n, params in children.items() if params}  # not dropout
     parts |= {n: [p] for n, p in model.named_parameters(recurse=False)}
-    unnamed = set(parts) - set(MODULES)
+    unnamed = set(parts) - set(modules())
     if unnamed:
         raise RuntimeError(
-            f"unimodal.config.MODULES lacks the model's {sorted(unnamed)}: train.trainable cannot name them"
+            f"unimodal.config.modules() lacks the model's {sorted(unnamed)}: train.trainable cannot name them"
         )
     for name, params in parts.items():
         for p in params:

@@ -31,6 +31,7 @@ from unimodal.model.distill import DistillPlan
 from unimodal.model.flops import batch_train_flops
 from unimodal.model.pretrained import save_weights
 from unimodal.model.transformer import compiled_graphs
+from unimodal.objectives.contrastive import CONTRASTIVE
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import DONE, full_state_dict, remove_partial
 from unimodal.train.comm import all_reduce_sum, init_distributed
@@ -69,7 +70,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets)
     cfg = model_config(recipe, tokenizer.vocab_size, tokenizer.patch_dims)
     model = UnifiedModel(cfg)
-    model.gather_pairs = any(ds.objective == "contrastive" for ds in recipe.data.datasets)
+    model.gather_pairs = any(ds.objective == CONTRASTIVE for ds in recipe.data.datasets)
     model.distill = DistillPlan.of(recipe.data.datasets)
     if recipe.init_from and not resuming:
         check_start(recipe, world, recipe.name)

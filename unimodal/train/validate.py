@@ -15,10 +15,11 @@ batch j is rank j % world's.
   collective (the parameters are gathered as it goes), so every rank runs as
   many: a rank short of batches runs the subset's first one again, not counted.
 - The metrics do not all decompose into sums (corpus BLEU and WER, recall@K
-  over the whole subset), so each rank's predictions, batch by batch
-  (`harness.predict`), are gathered on every rank, put back in batch order and
-  scored as one set (`harness.metrics_of`): the numbers of a one-process
-  `harness.score` over the same batches. These passes make no collective call,
+  over the whole subset), so each rank's predictions, batch by batch (its
+  objective's `predict`, unimodal/objectives/registry.py), are gathered on
+  every rank, put back in batch order and measured as one set (its
+  `measure`): the numbers of a one-process `harness.score` over the same
+  batches. These passes make no collective call,
   so under ZeRO-1/2 they run on the engine's module; under ZeRO-3, whose
   parameters are partitioned, on a whole copy gathered for the occasion (one
   fp32 model per rank while it runs).
@@ -35,8 +36,9 @@ import torch
 import torch.distributed as dist
 
 from unimodal.config import Recipe
-from unimodal.eval.harness import metrics_of, predict, scored, subset_batches
+from unimodal.eval.harness import scored, subset_batches
 from unimodal.model import ModelConfig, UnifiedModel
+from unimodal.objectives import objective
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import full_state_dict
 from unimodal.train.comm import all_reduce_sum
@@ -93,21 +95,17 @@ class Validator:
         return all_reduce_sum(sums)
 
     def _metrics(self, model: UnifiedModel, rank: int, world: int) -> dict[str, dict[str, float]]:
+        sets = {name: (objective(ds.objective), ds, b) for name, (ds, b) in self.subsets.items() if scored(ds)}
         mine = {
             name: [
-                on_host(predict(ds, model, [(self.feed(batch), refs)], self.tokenizer, self.max_new_tokens))
-                for batch, refs in batches[rank::world]
+                o.predict(model, self.feed(batch), refs, self.tokenizer, self.max_new_tokens)
+                for batch, refs in b[rank::world]
             ]
-            for name, (ds, batches) in self.subsets.items()
-            if scored(ds)
+            for name, (o, _, b) in sets.items()
         }
         parts = [None] * world
         dist.all_gather_object(parts, mine)
-        return {
-            name: metrics_of(ds, merge([p[name] for p in parts]))
-            for name, (ds, _) in self.subsets.items()
-            if name in mine
-        }
+        return {name: o.measure(in_batch_order([p[name] for p in parts]), ds) for name, (o, ds, _) in sets.items()}
 
     def _whole_copy(self) -> UnifiedModel:
         model = UnifiedModel(self.cfg)
@@ -115,17 +113,7 @@ class Validator:
         return model.to(self.feed.device, self.feed.dtype).eval()
 
 
-def on_host(predictions: tuple) -> tuple:
-    return tuple(p.cpu() if isinstance(p, torch.Tensor) else p for p in predictions)
-
-
-def merge(parts: list[list[tuple]]) -> tuple:
-    """`harness.predict`'s output per batch, rank r's list holding batches r, r + world, ...:
-    as one pass over all the batches in order would give it.
-    """
+def in_batch_order(parts: list[list]) -> list:
+    """Per-batch predictions of every rank, rank r's list holding batches r, r + world, ...: one list in batch order."""
     world = len(parts)
-    ordered = [parts[j % world][j // world] for j in range(sum(map(len, parts)))]
-    return tuple(
-        torch.cat(column) if isinstance(column[0], torch.Tensor) else [x for piece in column for x in piece]
-        for column in zip(*ordered)
-    )
+    return [parts[j % world][j // world] for j in range(sum(map(len, parts)))]
