@@ -77,12 +77,12 @@ class CheckpointSaveFailed(RuntimeError):
 
 
 def save_checkpoint(
-    engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int, topology: dict[str, Any]
+    engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int, topology: dict[str, Any] | None = None
 ) -> None:
     """Write step `step`'s checkpoint (all ranks call this); make it `latest`; keep the newest `keep`.
 
     `topology` (world size, workers, ZeRO stage, precision, accumulation) goes beside it, in `topology.json`,
-    for a resume on another topology (unimodal/train/elastic.py).
+    for a resume on another topology (unimodal/train/elastic.py); without it, it resumes on its own only.
 
     A write that fails (an OSError on this rank) leaves `latest` naming the
     previous checkpoint and raises `CheckpointSaveFailed`, naming the directory
@@ -105,7 +105,7 @@ def save_checkpoint(
             shutil.rmtree(ckpt_dir / tag(old))
 
 
-def _write(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], topology: dict[str, Any]) -> None:
+def _write(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], topology: dict[str, Any] | None) -> None:
     final, partial = tag(step), PARTIAL + tag(step)
     if dist.get_rank() == 0:
         shutil.rmtree(ckpt_dir / partial, ignore_errors=True)  # left by a run killed while writing this step
@@ -113,7 +113,8 @@ def _write(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], topo
     engine.save_checkpoint(str(ckpt_dir), tag=partial, client_state=client_state, save_latest=False)
     if dist.get_rank() != 0:
         return
-    (ckpt_dir / partial / TOPOLOGY).write_text(json.dumps(topology))
+    if topology is not None:
+        (ckpt_dir / partial / TOPOLOGY).write_text(json.dumps(topology))
     for path in (ckpt_dir / partial).rglob("*"):
         if path.is_file():
             _fsync(path)
