@@ -66,6 +66,7 @@ class MixedBatches(IterableDataset):
         self.accumulation, self.board = accumulation, board
         self.datasets: list[DatasetConfig] = recipe.data.datasets
         self._restore: dict[str, Any] | None = None
+        self.first_epochs = [0] * len(self.datasets)  # where a fresh position's streams begin, per dataset
         self.streams: list[ShardStream] | None = None
 
     def __iter__(self):
@@ -82,6 +83,11 @@ class MixedBatches(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._restore = state or None
         self.streams = None
+
+    def start_at(self, epochs: list[int]) -> None:
+        """A fresh position whose stream of dataset d begins at `epochs[d]`: a resume on another topology,
+        where no saved position belongs to this worker (unimodal/train/elastic.py); before the workers start."""
+        self.first_epochs = list(epochs)
 
     def _start(self) -> None:
         info = get_worker_info()
@@ -100,6 +106,7 @@ class MixedBatches(IterableDataset):
                 resample=ds.resample,
                 shuffle_buffer=self.recipe.data.shuffle_buffer,
                 on_broken=lambda err, d=d: self._skip(d, "broken shard", str(err)),
+                epoch=self.first_epochs[d],
             )
             self.streams.append(stream)
         draws, self.batches, pending = 0, 0, []

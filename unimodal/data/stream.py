@@ -91,6 +91,7 @@ class ShardStream:
         resample: bool,
         shuffle_buffer: int,
         on_broken: Callable[[BrokenShard], None],
+        epoch: int = 0,
     ):
         if not resample and len(urls) < slots:
             raise ValueError(
@@ -99,7 +100,7 @@ class ShardStream:
             )
         self.urls, self.seed, self.slot, self.slots = urls, seed, slot, slots
         self.resample, self.size, self.on_broken = resample, shuffle_buffer, on_broken
-        self.epoch = self.shard = self.offset = 0
+        self.epoch, self.shard, self.offset = epoch, 0, 0  # the cursor: where the next sample is read
         self.buffer: list[tuple[Coord, dict[str, Any]]] = []
         self.rng = np.random.default_rng([seed, slot])  # the shuffle buffer's draws
         self._reader: Iterator[dict[str, Any]] | None = None

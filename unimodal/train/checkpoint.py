@@ -24,6 +24,7 @@ address, the ZeRO stage enum): a file holding anything else is refused, not run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ from unimodal.train.comm import all_reduce_sum
 
 DONE = "done.json"  # written last by a stage that ran all its steps
 LATEST = "latest"
+TOPOLOGY = "topology.json"  # in each checkpoint's directory: the topology that wrote it (unimodal/train/elastic.py)
 PARTIAL = ".tmp-"  # prefix of a checkpoint still being written
 TAG = re.compile(r"step(\d{8})")
 
@@ -74,8 +76,13 @@ class CheckpointSaveFailed(RuntimeError):
     """A checkpoint could not be written (disk full, quota, I/O error): the run stops, `latest` unchanged."""
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> None:
+def save_checkpoint(
+    engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep: int, topology: dict[str, Any] | None = None
+) -> None:
     """Write step `step`'s checkpoint (all ranks call this); make it `latest`; keep the newest `keep`.
+
+    `topology` (world size, workers, ZeRO stage, precision, accumulation) goes beside it, in `topology.json`,
+    for a resume on another topology (unimodal/train/elastic.py); without it, it resumes on its own only.
 
     A write that fails (an OSError on this rank) leaves `latest` naming the
     previous checkpoint and raises `CheckpointSaveFailed`, naming the directory
@@ -83,7 +90,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, A
     """
     partial = ckpt_dir / (PARTIAL + tag(step))
     try:
-        _write(engine, ckpt_dir, step, client_state)
+        _write(engine, ckpt_dir, step, client_state, topology)
     except OSError as err:
         shutil.rmtree(partial, ignore_errors=True)  # what fits on a full disk is of no use
         before = (ckpt_dir / LATEST).read_text().strip() if has_checkpoint(ckpt_dir) else None
@@ -98,7 +105,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict[str, A
             shutil.rmtree(ckpt_dir / tag(old))
 
 
-def _write(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> None:
+def _write(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], topology: dict[str, Any] | None) -> None:
     final, partial = tag(step), PARTIAL + tag(step)
     if dist.get_rank() == 0:
         shutil.rmtree(ckpt_dir / partial, ignore_errors=True)  # left by a run killed while writing this step
@@ -106,6 +113,8 @@ def _write(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> N
     engine.save_checkpoint(str(ckpt_dir), tag=partial, client_state=client_state, save_latest=False)
     if dist.get_rank() != 0:
         return
+    if topology is not None:
+        (ckpt_dir / partial / TOPOLOGY).write_text(json.dumps(topology))
     for path in (ckpt_dir / partial).rglob("*"):
         if path.is_file():
             _fsync(path)
@@ -148,18 +157,19 @@ def has_checkpoint(ckpt_dir: Path) -> bool:
     return (ckpt_dir / LATEST).is_file()
 
 
-def load_latest(engine, ckpt_dir: Path) -> dict[str, Any] | None:
+def load_latest(engine, ckpt_dir: Path, universal: str | None = None) -> dict[str, Any] | None:
     """Load the checkpoint `latest` names into `engine`; its client_state, or None if there is none.
 
     One that fails to load on any rank (a truncated or damaged file) is passed
     over, logged, for the complete one before it, on every rank alike; the run
-    goes on from there. Only when none loads does this raise.
+    goes on from there. Only when none loads does this raise. `universal` names
+    the universal conversion of `latest` to load instead (unimodal/train/elastic.py): it alone is tried.
     """
     if not has_checkpoint(ckpt_dir):
         return None
     name = (ckpt_dir / LATEST).read_text().strip()
     earlier = sorted((s for s in saved_steps(ckpt_dir) if tag(s) < name), reverse=True)
-    for candidate in [name, *map(tag, earlier)]:
+    for candidate in [universal] if universal else [name, *map(tag, earlier)]:
         try:
             with weights_only_loads():
                 path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=candidate)

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 from unimodal.config import Recipe, RecipeError, Strict
 from unimodal.recipe import load_recipe, read_yaml
 from unimodal.train.checkpoint import DONE, has_checkpoint
+from unimodal.train.elastic import plan
 from unimodal.train.launch import StageStopped, run_stage
 from unimodal.train.resume import should_resume
 from unimodal.train.start import check_carry, finished_layout, layout
@@ -78,8 +79,8 @@ def load_curriculum(
             extra.append(f"init_from={source}")
             recipe = recipe.model_copy(update={"init_from": source})
         stage = Stage(stage_path, recipe, extra)
-        if not fresh:
-            should_resume(recipe, str(stage_path))
+        if not fresh and should_resume(recipe, str(stage_path)) and not stage.done:
+            plan(recipe, nproc, recipe.train.output_dir / "checkpoints", str(stage_path))  # on these ranks: fits?
         if recipe.carry == "optimizer" and not (stage.done or stage.started):
             # fail now, not after the stages before it have trained
             if from_previous and not stages[-1].done:

@@ -41,6 +41,11 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
     return _merge(defaults, recipe.deepspeed)
 
 
+def with_deepspeed(recipe: Recipe, settings: dict[str, Any]) -> Recipe:
+    """`recipe` with `settings` merged into its `deepspeed:` section (the recipe itself unchanged)."""
+    return recipe.model_copy(update={"deepspeed": _merge(recipe.deepspeed, settings)})
+
+
 def _merge(base: dict, top: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in top.items():

@@ -136,13 +136,20 @@ def run_stage(recipe_path: str | Path, nproc: int, overrides: list[str], fresh: 
 
     The stage resumes from its checkpoint if it has one; `fresh` moves an earlier run aside and starts over.
     """
-    from unimodal.train.lock import release  # these import deepspeed: not for every `unimodal` command
+    from unimodal.train.elastic import convert, plan  # these import deepspeed: not for every `unimodal` command
+    from unimodal.train.lock import release
     from unimodal.train.resume import claim, should_resume
     from unimodal.train.start import check_start
 
     recipe = load_recipe(recipe_path, overrides)
     if fresh or not should_resume(recipe, str(recipe_path)):  # nothing written yet
         check_start(recipe, nproc, str(recipe_path))
+    else:  # on another topology: refused or converted here, before any rank starts
+        ckpt_dir = recipe.train.output_dir / "checkpoints"
+        reshape = plan(recipe, nproc, ckpt_dir, str(recipe_path))
+        if reshape.universal:
+            print(f"[unimodal] {reshape.note}; converting {ckpt_dir / reshape.universal}", flush=True)
+            convert(ckpt_dir, reshape.universal)
     claim(recipe, not fresh, os.getpid(), str(recipe_path))
     try:
         code = run_ranks(launch_command(recipe_path, overrides), nproc)

@@ -35,6 +35,7 @@ from unimodal.objectives.contrastive import CONTRASTIVE
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import DONE, full_state_dict, remove_partial
 from unimodal.train.comm import all_reduce_sum, init_distributed
+from unimodal.train.elastic import agree_reshape, topology, unchanged
 from unimodal.train.engine import build_engine, model_config
 from unimodal.train.feed import DeviceFeed
 from unimodal.train.freeze import freeze_all_but
@@ -64,6 +65,10 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     resuming = agree(recipe, resume)  # then everything comes from the stage's own checkpoint
     out_dir = recipe.train.output_dir
     ckpt_dir = out_dir / "checkpoints"
+    # on another world size, ZeRO stage or worker count: the accumulation that keeps the global batch, the
+    # checkpoint converted to DeepSpeed's universal format if ZeRO's partitions changed (unimodal/train/elastic.py)
+    reshape = agree_reshape(recipe, world, ckpt_dir) if resuming else unchanged(recipe)
+    run = reshape.apply(recipe)  # the recipe as this topology trains it
     names = [d.name for d in recipe.data.datasets]
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
@@ -77,7 +82,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
         init_weights(model, cfg, Path(recipe.init_from))
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
     n_trainable = freeze_all_but(model, recipe.train.trainable)
-    engine = build_engine(recipe, model)
+    engine = build_engine(run, model)
     if recipe.carry == "optimizer" and not resuming:
         load_optimizer_state(engine, Path(recipe.init_from))
     dtype = next(engine.module.parameters()).dtype
@@ -90,8 +95,8 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     validator = Validator(recipe, engine, cfg, feed) if recipe.train.eval_every else None
 
     # resume: the engine and the step first, then each stateful part in its turn
-    checkpoints = Checkpointer(engine, ckpt_dir, recipe.train.keep_checkpoints)
-    step, guard.skipped = checkpoints.load() if resuming else (0, 0)
+    checkpoints = Checkpointer(engine, ckpt_dir, recipe.train.keep_checkpoints, topology(run, world, reshape.asked))
+    step, guard.skipped = checkpoints.load(reshape.universal, reshape.reshard) if resuming else (0, 0)
     counts = DataCounts(recipe)
     balancer = Balancer(recipe, loader.dataset.board, step, all_reduce_sum, device)
     if rank == 0:
@@ -105,11 +110,15 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
             f"{f'resuming at step {step}' if resuming else 'from step 0, ' + describe(recipe)}; MFU against {peak_source}",
             flush=True,
         )
+        if reshape.note:
+            print(f"[unimodal] {recipe.name}: {reshape.note}", flush=True)
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
     sample_log = SampleLog(out_dir, rank, step, recipe.logging.sample_log)
     window = Window(len(names), device)
     checkpoints.track({"loader": loader, "data": counts, "balance": balancer, "window": window, "rng": RNGState()})
     checkpoints.restore("loader", "data", "balance")  # the workers' positions and the mixes in force: before they start
+    if reshape.reshard:  # no saved position fits these workers: each dataset goes on at its next epoch
+        loader.dataset.start_at(counts.next_epochs())
     batches = iter(loader)  # draws the workers' seeds from torch's generator: before its state is restored
     checkpoints.restore("window", "rng")
 
@@ -167,7 +176,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
         done = {
             "stage": recipe.name,
             "steps": step,
-            **layout(recipe, world),  # world_size, zero_stage, precision: what carry: optimizer must match
+            **layout(run, world),  # world_size, zero_stage, precision: what carry: optimizer must match
             "tokens_per_s": sum(tokens_per_s) / max(1, len(tokens_per_s)),
             "seconds": time.perf_counter() - started,
             "steps_this_run": step - start_step,

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 import yaml
@@ -26,7 +27,10 @@ from unimodal.train.lock import LOCK, acquire, keep_fresh, release
 
 # What a checkpoint depends on: the stage, the weights' shapes, the data order, the sharding of the state.
 RESUME_FIELDS = ("name", "seed", "model", "tokenizer", "data", "deepspeed", "train.trainable")
+# Within them, the topology, which may change on resume: checked against the checkpoint's (unimodal/train/elastic.py)
+TOPOLOGY_FIELDS = ("data.workers", "deepspeed.gradient_accumulation_steps", "deepspeed.zero_optimization.stage")
 SAVED_RECIPE = "recipe.yaml"
+T = TypeVar("T")
 
 
 def restarted() -> bool:
@@ -44,6 +48,8 @@ def _field(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def _differences(saved: Any, current: Any, where: str) -> list[str]:
+    if where in TOPOLOGY_FIELDS:
+        return []
     if isinstance(saved, dict) and isinstance(current, dict):
         keys = list(saved) + [k for k in current if k not in saved]
         return [d for k in keys for d in _differences(saved.get(k), current.get(k), f"{where}.{k}")]
@@ -53,7 +59,7 @@ def _differences(saved: Any, current: Any, where: str) -> list[str]:
 
 
 def recipe_differences(recipe: Recipe, saved: dict[str, Any]) -> list[str]:
-    """The fields of `RESUME_FIELDS` in which `recipe` differs from the `saved` one, leaf by leaf."""
+    """The fields of `RESUME_FIELDS` in which `recipe` differs from the `saved` one, leaf by leaf, topology aside."""
     current = recipe.model_dump(mode="json")
     return [d for f in RESUME_FIELDS for d in _differences(_field(saved, f), _field(current, f), f)]
 
@@ -114,21 +120,30 @@ def claim(recipe: Recipe, resume: bool, launcher_pid: int, where: str) -> bool:
     return False
 
 
+def on_rank0(decide: Callable[[], T]) -> T:
+    """`decide()` run on rank 0 alone, its answer (plain data) on every rank; a RecipeError it raises is raised on
+    every rank alike."""
+    answer: list[Any] = [None, None]
+    if dist.get_rank() == 0:
+        try:
+            answer = [decide(), None]
+        except RecipeError as err:
+            answer = [None, str(err)]
+    dist.broadcast_object_list(answer, src=0)
+    if answer[1] is not None:
+        raise RecipeError(answer[1])
+    return answer[0]
+
+
 def agree(recipe: Recipe, resume: bool) -> bool:
     """On every rank, once the process group is up: rank 0 claims the output directory (`claim`), all get its answer.
 
     A refusal (locked, another run's checkpoint) is raised on every rank alike, before anything is written.
     """
-    answer: list[bool | str] = [False]
-    if dist.get_rank() == 0:
-        try:
-            answer = [
-                claim(recipe, resume, os.getppid(), str(recipe.train.output_dir))
-            ]  # the parent: the job's launcher
-            keep_fresh(recipe.train.output_dir, recipe.train.stale_lock_s)
-        except RecipeError as err:
-            answer = [str(err)]
-    dist.broadcast_object_list(answer, src=0)
-    if isinstance(answer[0], str):
-        raise RecipeError(answer[0])
-    return answer[0]
+
+    def decide() -> bool:
+        resuming = claim(recipe, resume, os.getppid(), str(recipe.train.output_dir))  # the parent: the job's launcher
+        keep_fresh(recipe.train.output_dir, recipe.train.stale_lock_s)
+        return resuming
+
+    return on_rank0(decide)

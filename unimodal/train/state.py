@@ -13,6 +13,12 @@ which DeepSpeed writes from rank 0 only, so a save gathers every rank's parts:
 A resume loads the engine and reads the step first (`load`), then hands each
 part its state when its turn comes (`restore`): some before the loader's
 workers start, the random state after (see unimodal/train/loop.py).
+
+A checkpoint written on another world size or number of loader workers
+(unimodal/train/elastic.py) has no state for this rank as such: a part that
+can be dealt anew has a `reshard(states, rank)` that makes this rank's state
+from every saved rank's (sums go to rank 0, what all ranks share to each);
+one without it (the loader's positions, the random state) starts afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, Protocol
 import torch.distributed as dist
 
 from unimodal.train.checkpoint import load_latest, save_checkpoint
+from unimodal.train.elastic import untie_steps
 
 
 class Stateful(Protocol):
@@ -32,22 +39,29 @@ class Stateful(Protocol):
 
 
 class Checkpointer:
-    """Saves the engine and the named parts to `ckpt_dir`, keeping the newest `keep`; loads them back."""
+    """Saves the engine and the named parts to `ckpt_dir`, keeping the newest `keep`; loads them back.
 
-    def __init__(self, engine, ckpt_dir: Path, keep: int):
-        self.engine, self.dir, self.keep = engine, ckpt_dir, keep
+    `topology` is what each checkpoint records of the run's layout (unimodal/train/elastic.py).
+    """
+
+    def __init__(self, engine, ckpt_dir: Path, keep: int, topology: dict[str, Any]):
+        self.engine, self.dir, self.keep, self.topology = engine, ckpt_dir, keep, topology
         self.parts: dict[str, Stateful] = {}
-        self.saved: dict[str, Any] | None = None  # this rank's parts in the checkpoint loaded
+        self.saved: list[dict[str, Any]] | None = None  # every rank's parts in the checkpoint loaded
+        self.reshard = False  # the checkpoint was written on another world size or number of workers
 
-    def load(self) -> tuple[int, int]:
-        """Load the latest checkpoint into the engine: its step and its steps skipped as non-finite."""
-        client_state = load_latest(self.engine, self.dir)
+    def load(self, universal: str | None = None, reshard: bool = False) -> tuple[int, int]:
+        """Load the latest checkpoint (or its `universal` conversion) into the engine: its step and its steps
+        skipped as non-finite. `reshard`: written on another topology, the parts are dealt anew."""
+        client_state = load_latest(self.engine, self.dir, universal)
         if client_state is None:
             return 0, 0
+        if universal:
+            untie_steps(self.engine)
         saved_by, world = len(client_state["ranks"]), dist.get_world_size()
-        if saved_by != world:
+        if saved_by != world and not reshard:
             raise ValueError(f"{self.dir}: saved by {saved_by} ranks, resumed on {world}")
-        self.saved = client_state["ranks"][dist.get_rank()]
+        self.saved, self.reshard = client_state["ranks"], reshard
         return int(client_state["step"]), int(client_state["skipped_nonfinite"])
 
     def track(self, parts: dict[str, Stateful]) -> None:
@@ -56,13 +70,19 @@ class Checkpointer:
 
     def restore(self, *names: str) -> None:
         """Hand the named parts, in this order, their state in the checkpoint loaded (none when starting fresh)."""
-        if self.saved:
-            for name in names:
-                self.parts[name].load_state_dict(self.saved[name])
+        if not self.saved:
+            return
+        rank = dist.get_rank()
+        for name in names:
+            part = self.parts[name]
+            if not self.reshard:
+                part.load_state_dict(self.saved[rank][name])
+            elif hasattr(part, "reshard"):
+                part.load_state_dict(part.reshard([r[name] for r in self.saved], rank))
 
     def save(self, step: int, skipped_nonfinite: int) -> None:
         """Checkpoint step `step` (all ranks call this)."""
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, {name: part.state_dict() for name, part in self.parts.items()})
         client_state = {"step": step, "skipped_nonfinite": skipped_nonfinite, "ranks": ranks}
-        save_checkpoint(self.engine, self.dir, step, client_state, self.keep)
+        save_checkpoint(self.engine, self.dir, step, client_state, self.keep, self.topology)

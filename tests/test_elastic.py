@@ -1,0 +1,106 @@
+"""A run resumes on another world size or ZeRO stage (unimodal/train/elastic.py).
+
+The 2-rank ZeRO-2 run of `tiny_run` (checkpoints at steps 2 and 4), copied, goes
+on to step 6 on 1 rank: its checkpoint converted once to DeepSpeed's universal
+format beside the original, the global batch kept (accumulation 1 -> 2), Adam's
+step count going on from 4, the loss still falling. What cannot be honoured is
+refused before any rank starts, naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SMOKE, unimodal
+
+from unimodal.config import RecipeError
+from unimodal.recipe import load_recipe
+from unimodal.train import launch
+from unimodal.train.checkpoint import TOPOLOGY, tag, weights_only_loads
+from unimodal.train.elastic import UNIVERSAL, plan, topology
+from unimodal.train.lock import LOCK
+
+SETS = ["train.checkpoint_every=2", "logging.every=1", "data.workers=0", "logging.wandb.mode=disabled"]
+
+
+def train_args(out: Path, nproc: int, *extra: str) -> list[str]:
+    sets = [*SETS, f"train.output_dir={out}", *extra]
+    return ["train", str(SMOKE / "stage1.yaml"), "--nproc", str(nproc), *[a for s in sets for a in ("--set", s)]]
+
+
+def adam_steps(ckpt: Path) -> set[float]:
+    """The step counts in a ZeRO-2 checkpoint's optimiser state, over every rank's partition and group."""
+    with weights_only_loads():
+        states = [torch.load(f, map_location="cpu") for f in ckpt.glob("*_optim_states.pt")]
+    return {
+        float(s["step"]) for sd in states for s in sd["optimizer_state_dict"]["base_optimizer_state"]["state"].values()
+    }
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_2_rank_run_goes_on_on_1_rank_with_its_optimiser_state_and_global_batch(tiny_run, workspace):
+    out = workspace / "runs" / "elastic"
+    shutil.copytree(tiny_run, out)
+    original = digest(out / "checkpoints" / tag(4))
+    assert adam_steps(out / "checkpoints" / tag(4)) == {4.0}
+
+    result = unimodal(*train_args(out, 1, "train.steps=6"), cwd=workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resuming at step 4" in result.stdout
+    assert "gradient accumulation 1 -> 2, global batch 2048 x 1 x 2 -> 2048 x 2 x 1 tokens" in result.stdout
+
+    ckpt = out / "checkpoints"
+    assert (ckpt / tag(4) / UNIVERSAL / "zero").is_dir()  # converted once, beside the original
+    assert digest(ckpt / tag(4)) == original  # which is left as it was
+    assert adam_steps(ckpt / tag(6)) == {6.0}  # loaded and advanced, not reset (that would be 2)
+    saved = json.loads((ckpt / tag(6) / TOPOLOGY).read_text())
+    assert (saved["world_size"], saved["accumulation"], saved["asked_accumulation"]) == (1, 2, 1)
+    losses = {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    assert losses[6] < losses[5] < losses[4] < losses[1], losses
+
+
+@pytest.mark.parametrize(
+    ("world", "sets", "field"),
+    [
+        (1, ["deepspeed.zero_optimization.stage=3"], "deepspeed.zero_optimization.stage"),  # 1 <-> 2 only
+        (3, [], "deepspeed.gradient_accumulation_steps"),  # 1 x 2 ranks does not split over 3
+        (1, ["deepspeed.bf16.enabled=true"], "deepspeed.bf16"),
+    ],
+)
+def test_what_cannot_be_honoured_is_refused_naming_the_field(tiny_run, in_workspace, world, sets, field):
+    recipe = load_recipe(SMOKE / "stage1.yaml", [*SETS, f"train.output_dir={tiny_run}", *sets])
+    with pytest.raises(RecipeError, match=re.escape(field)):
+        plan(recipe, world, tiny_run / "checkpoints", "here")
+
+
+def test_the_refusal_comes_before_any_rank_starts(tiny_run, in_workspace, monkeypatch):
+    monkeypatch.setattr(launch, "run_ranks", lambda *_: pytest.fail("ranks were started"))
+    with pytest.raises(RecipeError, match=re.escape("deepspeed.gradient_accumulation_steps")):
+        launch.run_stage(SMOKE / "stage1.yaml", 3, [*SETS, f"train.output_dir={tiny_run}", "train.steps=6"])
+    assert not (tiny_run / LOCK).exists()  # refused before the output directory was claimed
+
+
+def test_the_global_batch_is_kept_unless_the_recipe_sets_another_accumulation(in_workspace, tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / tag(4)).mkdir(parents=True)
+    (ckpt / "latest").write_text(tag(4))
+    stage1 = load_recipe(SMOKE / "stage1.yaml", ["deepspeed.zero_optimization.stage=1"])
+    (ckpt / tag(4) / TOPOLOGY).write_text(json.dumps(topology(stage1, 4, 1) | {"accumulation": 3}))  # 12 in all
+    stage2 = load_recipe(SMOKE / "stage1.yaml")
+    assert plan(stage1, 4, ckpt, "here").accumulation == 3 and not plan(stage1, 4, ckpt, "here").universal
+    on_6 = plan(stage2, 6, ckpt, "here")  # stage 1 -> 2 as well
+    assert (on_6.accumulation, on_6.universal, on_6.reshard) == (2, f"{tag(4)}/{UNIVERSAL}", True)
+    assert plan(stage2, 12, ckpt, "here").accumulation == 1
+    chosen = load_recipe(SMOKE / "stage1.yaml", ["deepspeed.gradient_accumulation_steps=5"])
+    assert plan(chosen, 6, ckpt, "here").accumulation == 5  # asked for: the global batch changes
+    with pytest.raises(RecipeError, match=re.escape("deepspeed.gradient_accumulation_steps")):
+        plan(stage2, 5, ckpt, "here")
