@@ -3,7 +3,7 @@
 DeepSpeed's own zero_to_fp32 merges the ZeRO-1/2/3 partitions of the fp32
 master weights (the true weights, also under bf16) into whole tensors; they
 are checked against the model the run's `recipe.yaml` describes, then written
-in the format of `unimodal.model.pretrained` with the run's tokenizer beside them.
+in the format of `unimodal.model.pretrained` with the run's tokenizer and tasks beside them.
 
 Safety: zero_to_fp32 (DeepSpeed 0.19.8) turns torch.load's weights_only off,
 which would unpickle whatever a checkpoint file holds; export makes every load
@@ -21,7 +21,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 
 from unimodal.modalities.text import TEXT
 from unimodal.model import UnifiedModel
-from unimodal.model.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_weights
+from unimodal.model.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_tasks, save_weights
 from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import weights_only_loads
@@ -78,6 +78,7 @@ def export(path: str | Path, out_dir: str | Path, tag: str | None = None) -> dic
     shutil.copyfile(sp_model, out_dir / TEXT_MODEL)
     settings = recipe.tokenizer.model_dump(mode="json") | {TEXT: TEXT_MODEL}
     (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=2))
+    save_tasks(out_dir, recipe.data.datasets, recipe.plugins)
     save_weights(out_dir, {k: v.detach().clone() for k, v in model.state_dict().items()}, cfg)  # last; tied head untied
     return {
         "run": str(run),
