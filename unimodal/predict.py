@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from unimodal.config import DatasetConfig, TrainConfig
 from unimodal.data.decode import decode_field
 from unimodal.example import Example
@@ -100,18 +102,25 @@ class Pipeline:
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if max_new_tokens < 1:
             raise PredictError(f"--max-new-tokens {max_new_tokens}: must be 1 or more")
+        ds, batch = self.batch(task, prompt, **inputs)
+        if beams == 1:
+            ids = self.model.generate(batch, BOS_ID, EOS_ID, max_new_tokens)[0]
+        else:
+            ids, _ = self.model.beam_search(batch, BOS_ID, EOS_ID, max_new_tokens, beams)
+        return Prediction(self.tokenizer.text.decode(ids.tolist()), ds.name, ds.task_prompt)
+
+    def batch(
+        self, task: str | None = None, prompt: str | None = None, **inputs: str | Path
+    ) -> tuple[DatasetConfig, dict[str, torch.Tensor]]:
+        """The task picked (its prompt replaced by `prompt`) and the model's batch of one sample for `inputs`,
+        laid out as held-out evaluation lays out a sample."""
         ds = self.pick(task, inputs)
         if prompt is not None:
             ds = ds.model_copy(update={"prompt": prompt})
         tok = MultimodalTokenizer(self.tokenizer.cfg, [ds])
         values = {m: self._read(m, inputs[m]) for m in ds.ordinary_inputs}
         seq = tok(Example(dataset=0, key="predict", inputs=values, target=None))
-        batch = collate_rows(complete_rows([[seq]]), tok.patch_dims, BOS_ID)
-        if beams == 1:
-            ids = self.model.generate(batch, BOS_ID, EOS_ID, max_new_tokens)[0]
-        else:
-            ids, _ = self.model.beam_search(batch, BOS_ID, EOS_ID, max_new_tokens, beams)
-        return Prediction(self.tokenizer.text.decode(ids.tolist()), ds.name, ds.task_prompt)
+        return ds, collate_rows(complete_rows([[seq]]), tok.patch_dims, BOS_ID)
 
     def pick(self, task: str | None, inputs: dict) -> DatasetConfig:
         """The task to prompt: `task` (a dataset or task name), or the one that reads exactly `inputs`' modalities."""
@@ -166,7 +175,7 @@ class Pipeline:
             known = ", ".join(e for m in modalities() for e in m.extensions)
             raise PredictError(f"--{name} {path}: no modality decodes .{ext} (extensions: {known})")
         if owner != name:
-            raise PredictError(f"--{name} {path}: .{ext} is a {owner} extension, not {name}")
+            raise PredictError(f"--{name} {path}: .{ext} is decoded as {owner}, not {name}")
         if not path.is_file():
             raise PredictError(f"--{name} {path}: no such file")
         try:

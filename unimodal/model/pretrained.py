@@ -14,6 +14,7 @@ and `unimodal eval --checkpoint` takes either; predictions (`unimodal.pipeline`)
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def save_tasks(out_dir: Path, datasets: Sequence[DatasetConfig], plugins: Sequen
         "tasks": [ds.model_dump(mode="json") for ds in datasets],  # in the recipe's order
     }
     (out_dir / TASKS).write_text(json.dumps(tasks, indent=2))
+
+
+def save_tokenizer(out_dir: Path, cfg: TokenizerConfig) -> None:
+    """sp.model (a copy of `cfg.text`) and tokenizer.json (the settings, `text` naming the copy)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cfg.text, out_dir / TEXT_MODEL)
+    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(cfg.model_dump(mode="json") | {TEXT: TEXT_MODEL}, indent=2))
 
 
 def _require(src_dir: Path, names: Sequence[str], holder: str) -> None:

@@ -13,15 +13,12 @@ What export writes holds no pickle.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from unimodal.modalities.text import TEXT
 from unimodal.model import UnifiedModel
-from unimodal.model.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_tasks, save_weights
+from unimodal.model.pretrained import save_tasks, save_tokenizer, save_weights
 from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import weights_only_loads
@@ -75,9 +72,7 @@ def export(path: str | Path, out_dir: str | Path, tag: str | None = None) -> dic
         raise ExportError(f"{ckpts / tag} does not hold the model of {recipe_file}: {err}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sp_model, out_dir / TEXT_MODEL)
-    settings = recipe.tokenizer.model_dump(mode="json") | {TEXT: TEXT_MODEL}
-    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=2))
+    save_tokenizer(out_dir, recipe.tokenizer)
     save_tasks(out_dir, recipe.data.datasets, recipe.plugins)
     save_weights(out_dir, {k: v.detach().clone() for k, v in model.state_dict().items()}, cfg)  # last; tied head untied
     return {
