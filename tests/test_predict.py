@@ -3,9 +3,10 @@
 The model is the smoke stage 2's (all four modalities), untrained, saved in
 the format `unimodal export` writes: the predictions' text is not asserted,
 only that they run, what they report, and their errors. Beam search is checked
-against the properties it has: one beam is greedy decoding exactly, and the
-score it returns is its text's log-probability under the model, at least
-greedy's.
+against its properties: one beam is greedy decoding exactly; the score it
+returns is its text's log-probability under the model; with four beams that is
+at least greedy's here (beam search does not promise it for every input: the
+greedy prefix can drop out of the beam, though it rarely does).
 """
 
 from __future__ import annotations
