@@ -28,7 +28,7 @@ from unimodal.config import expand_shards
 from unimodal.data.decode import decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.model import UnifiedModel
-from unimodal.model.pretrained import load_weights
+from unimodal.model.pretrained import load_tasks, load_weights
 from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import collate_rows
@@ -78,7 +78,15 @@ def logits(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_exported_model_has_the_engines_weights_and_logits(run, in_workspace, tmp_path):
     out = tmp_path / "export"
     main(["export", str(run), str(out)])
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "sp.model", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "sp.model",
+        "tasks.json",
+        "tokenizer.json",
+    ]
+    trained_on = load_recipe(run / "recipe.yaml", check_files=False).data.datasets
+    assert load_tasks(out) == load_tasks(run) == trained_on  # the finished stage's too
 
     engine_state, cfg = load_weights(run)  # the engine's module at the last step
     exported, exported_cfg = load_weights(out)
