@@ -32,6 +32,7 @@ def write_stage(path, out_dir, **fields) -> None:
     raw = yaml.safe_load((SMOKE / "stage1.yaml").read_text())
     raw["train"].update(output_dir=str(out_dir), checkpoint_every=EVERY)
     raw["logging"]["every"] = 1
+    raw["logging"]["wandb"]["mode"] = "disabled"  # a few seconds a stage, and no part of what is checked here
     for key, value in fields.items():
         *sections, last = key.split(".")
         node = raw
