@@ -6,45 +6,23 @@ import json
 
 import pytest
 import torch
-from conftest import SMOKE, unimodal
+from conftest import SMOKE, TINY_STEPS, unimodal
 
 from unimodal.eval.harness import evaluate, load_model
 from unimodal.model.pretrained import load_weights
 from unimodal.recipe import load_recipe
-
-STEPS, EVERY = 16, 8
-
-
-def run_args(out_dir) -> list[str]:
-    return [
-        "--set",
-        f"train.steps={STEPS}",
-        "--set",
-        f"train.checkpoint_every={EVERY}",
-        "--set",
-        "logging.every=1",
-        "--set",
-        f"train.output_dir={out_dir}",
-    ]
 
 
 def records(out_dir) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(workspace):
-    out = workspace / "runs" / "train-test" / "a"
-    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *run_args(out), cwd=workspace)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out
-
-
-def test_two_rank_zero2_run_learns(uninterrupted, workspace):
-    done = json.loads((uninterrupted / "done.json").read_text())
-    assert (done["world_size"], done["zero_stage"], done["steps"]) == (2, 2, STEPS)
-    recs = records(uninterrupted)
-    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
+def test_two_rank_zero2_run_learns(tiny_run, workspace):
+    """tests/conftest.py's `tiny_run`: 16 steps of the smoke stage 1 on 2 ranks, ZeRO-2."""
+    done = json.loads((tiny_run / "done.json").read_text())
+    assert (done["world_size"], done["zero_stage"], done["steps"]) == (2, 2, TINY_STEPS)
+    recs = records(tiny_run)
+    assert [r["step"] for r in recs] == list(range(1, TINY_STEPS + 1))
     first, last = recs[0], recs[-1]
     assert last["loss"] < 0.7 * first["loss"]
     for task in ("digit-captions", "number-words"):
@@ -56,15 +34,15 @@ def test_two_rank_zero2_run_learns(uninterrupted, workspace):
     images = sum(e["samples"] for e in size["shards"] if e["name"].startswith("image-"))
     consumed = sum(r["samples/digit-captions"] for r in recs)
     assert last["epochs/digit-captions"] == pytest.approx(consumed / images)
-    assert list((uninterrupted / "wandb").glob("offline-run-*"))
-    assert list((uninterrupted / "checkpoints").glob("step*")) and (uninterrupted / "recipe.yaml").is_file()
+    assert list((tiny_run / "wandb").glob("offline-run-*"))
+    assert list((tiny_run / "checkpoints").glob("step*")) and (tiny_run / "recipe.yaml").is_file()
     # the values used, overrides included, are saved beside the run
-    assert load_recipe(uninterrupted / "recipe.yaml", check_files=False).train.steps == STEPS
+    assert load_recipe(tiny_run / "recipe.yaml", check_files=False).train.steps == TINY_STEPS
 
 
-def test_evaluation_reads_the_stage_weights(uninterrupted, in_workspace):
+def test_evaluation_reads_the_stage_weights(tiny_run, in_workspace):
     recipe = load_recipe(SMOKE / "stage1.yaml")
-    results = evaluate(recipe, load_model(uninterrupted))
+    results = evaluate(recipe, load_model(tiny_run))
     assert set(results) == {"digit-captions", "number-words"}
     for r in results.values():
         assert r["samples"] > 0 and list(r["metrics"]) == ["exact_match"] and 0.0 <= r["metrics"]["exact_match"] <= 1.0
