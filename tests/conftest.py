@@ -16,8 +16,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke"
-# torch.compile's kernels (tests/test_attention.py, the compiled run of tests/test_train.py) persist
-# here, for this process and the `unimodal` runs it starts: a rerun on this machine compiles nothing
+TINY_STEPS, TINY_EVERY = 16, 8  # `tiny_run`'s length and checkpoint interval
+# torch.compile's kernels (tests/test_attention.py: flex and the compiled run) persist here, for this
+# process and the `unimodal` runs it starts: a rerun on this machine compiles nothing
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "unimodal-tests" / "inductor"))
 
 
@@ -39,16 +40,25 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(workspace) -> Path:
-    """A finished 2-rank ZeRO-2 run of the smoke stage 1: 4 steps, a record each, TensorBoard on, checkpoints at steps 2 and 4."""
-    out = workspace / "runs" / "tiny"
+    """A finished 2-rank ZeRO-2 run of the smoke stage 1: 16 steps (enough to see it learn), a record each,
+    TensorBoard and wandb (offline) on, checkpoints at steps 8 and 16.
+
+    One run serves every test that reads a finished run (tests/test_train.py, test_export.py,
+    test_report.py, and test_attention.py's compiled run, which repeats its first 4 steps: the LR is still
+    in its warmup there, the same whatever the stage's length)."""
     sets = [
-        "train.steps=4",
-        "train.checkpoint_every=2",
+        f"train.steps={TINY_STEPS}",
+        f"train.checkpoint_every={TINY_EVERY}",
         "logging.every=1",
         "logging.tensorboard=true",
         "data.workers=0",
-        f"train.output_dir={out}",
     ]
+    return train_stage1(workspace, workspace / "runs" / "tiny", sets)
+
+
+def train_stage1(workspace: Path, out: Path, sets: list[str]) -> Path:
+    """`out`: a finished 2-rank run of the smoke stage 1 with the `--set` values `sets`."""
+    sets = [*sets, f"train.output_dir={out}"]
     result = unimodal(
         "train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *[a for s in sets for a in ("--set", s)], cwd=workspace
     )
@@ -72,8 +82,10 @@ def in_workspace(workspace, monkeypatch) -> Path:
 
 
 def unimodal_env() -> dict[str, str]:
-    """The environment tests run the `unimodal` command in: CPU, wandb offline and quiet."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    """The environment tests run the `unimodal` command in: CPU, wandb offline and quiet, one thread a
+    process (as torchrun sets it): two ranks of two threads each on a 2-core machine spend much of
+    their time waiting on each other's threads."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_SILENT="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("WANDB_API_KEY", None)
     return env
 

@@ -17,6 +17,7 @@ import torch
 import yaml
 from conftest import SMOKE, unimodal
 
+from unimodal.cli import main
 from unimodal.config import RecipeError
 from unimodal.recipe import load_recipe
 from unimodal.train.curriculum import load_curriculum
@@ -31,6 +32,7 @@ def write_stage(path, out_dir, **fields) -> None:
     raw = yaml.safe_load((SMOKE / "stage1.yaml").read_text())
     raw["train"].update(output_dir=str(out_dir), checkpoint_every=EVERY)
     raw["logging"]["every"] = 1
+    raw["logging"]["wandb"]["mode"] = "disabled"  # a few seconds a stage, and no part of what is checked here
     for key, value in fields.items():
         *sections, last = key.split(".")
         node = raw
@@ -130,12 +132,15 @@ def test_a_curriculum_stopped_in_stage_2_resumes_there(run_a, root, workspace):
     assert sha256(b / "model.safetensors") == sha256(a / "model.safetensors")
 
 
-def test_carry_optimizer_refuses_another_world_size_before_launch(run_a, root, workspace):
+def test_carry_optimizer_refuses_another_world_size_before_launch(run_a, root, workspace, monkeypatch, capsys):
     write_stage(root / "stage2c.yaml", root / "out" / "c" / "stage2", **stage2_fields())
     write_curriculum(root / "c.yaml", root / "stage1.yaml", root / "stage2c.yaml")
-    result = unimodal("curriculum", str(root / "c.yaml"), "--nproc", "1", cwd=workspace, timeout=120)
-    assert result.returncode == 2
-    assert str(root / "stage2c.yaml") in result.stderr and "world size 2 there, 1 here" in result.stderr
+    monkeypatch.chdir(workspace)
+    with pytest.raises(SystemExit) as exit:  # `unimodal curriculum`, in this process
+        main(["curriculum", str(root / "c.yaml"), "--nproc", "1"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert str(root / "stage2c.yaml") in err and "world size 2 there, 1 here" in err
     assert not (root / "out" / "c").exists()
 
 
@@ -150,7 +155,7 @@ def test_carry_mismatch_fails_before_the_first_stage_runs(in_workspace, tmp_path
     load_curriculum(tmp_path / "cur.yaml", nproc=2, overrides=["carry=weights"])  # weights may cross ZeRO stages
 
 
-def test_stage_recipes_that_cannot_start_are_named(in_workspace, tmp_path):
+def test_stage_recipes_that_cannot_start_are_named(in_workspace, tmp_path, capsys):
     write_stage(tmp_path / "alone.yaml", tmp_path / "out", carry="optimizer")
     with pytest.raises(RecipeError, match=r"alone\.yaml: invalid recipe\n.*carry: 'optimizer' needs init_from"):
         load_recipe(tmp_path / "alone.yaml")
@@ -159,5 +164,7 @@ def test_stage_recipes_that_cannot_start_are_named(in_workspace, tmp_path):
     write_curriculum(tmp_path / "cur.yaml", tmp_path / "stage1.yaml", tmp_path / "stage2.yaml")
     with pytest.raises(RecipeError, match=r"stage2\.yaml: train\.output_dir .* is also .*stage1\.yaml's"):
         load_curriculum(tmp_path / "cur.yaml", nproc=2)
-    result = unimodal("train", str(tmp_path / "stage2.yaml"), cwd=in_workspace, timeout=120)
-    assert result.returncode == 2 and "init_from: 'previous' is the previous stage of a curriculum" in result.stderr
+    with pytest.raises(SystemExit) as exit:  # `unimodal train`, in this process
+        main(["train", str(tmp_path / "stage2.yaml")])
+    assert exit.value.code == 2
+    assert "init_from: 'previous' is the previous stage of a curriculum" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def test_packing_wastes_far_less_than_padding(in_workspace):
     def efficiency(pack_length):
         recipe = load_recipe(SMOKE / "stage2.yaml", ["data.workers=0", f"data.pack_length={pack_length}"])
         real = computed = 0
-        for batch, _ in zip(build_train_loader(recipe, rank=0), range(20)):
+        for batch, _ in zip(build_train_loader(recipe, rank=0), range(5)):  # 0.98 and 0.63 from the first 5 on
             assert batch["enc_mask"].numel() + batch["dec_out"].numel() <= recipe.data.batch_tokens
             real += int(batch["enc_mask"].sum() + (batch["dec_out"] != -100).sum())
             computed += batch["enc_mask"].numel() + batch["dec_out"].numel()

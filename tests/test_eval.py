@@ -9,8 +9,9 @@ import pytest
 import torch
 import wandb
 import yaml
-from conftest import SMOKE, unimodal
+from conftest import SMOKE
 
+from unimodal.cli import main
 from unimodal.config import Recipe, RecipeError, expand_shards
 from unimodal.data.stream import eval_samples
 from unimodal.eval.harness import evaluate, load_model, score, subset_batches
@@ -149,29 +150,31 @@ def test_drop_names_the_dataset_it_cannot_serve(recipe, model):
         assert words in str(err.value), (drop, str(err.value))
 
 
-def test_eval_command_writes_a_table_json_and_a_record_on_the_run(recipe, model, workspace, tmp_path):
+def test_eval_command_writes_a_table_json_and_a_record_on_the_run(recipe, model, in_workspace, tmp_path, capsys):
     run = tmp_path / "stage"  # a finished stage: its weights and training records
     save_weights(run, {k: v.clone() for k, v in model.state_dict().items()}, model.cfg)  # untied, as training saves
     (run / "metrics.jsonl").write_text(json.dumps({"step": 7, "loss": 2.0}) + "\n")
-    raw = raw_recipe(workspace)
+    raw = raw_recipe(in_workspace)
     raw["data"]["datasets"] = [d for d in raw["data"]["datasets"] if d["name"] in ("caption", "spoken")]
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
 
-    out = unimodal(
-        "eval",
-        str(tmp_path / "recipe.yaml"),
-        "--checkpoint",
-        str(run),
-        "--drop",
-        "audio",
-        "--json",
-        str(tmp_path / "eval.json"),
-        cwd=workspace,
+    capsys.readouterr()
+    main(
+        [
+            "eval",
+            str(tmp_path / "recipe.yaml"),
+            "--checkpoint",
+            str(run),
+            "--drop",
+            "audio",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ]
     )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    stdout = capsys.readouterr().out  # `unimodal eval`'s, run in this process
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["spoken"]["dropped"] == ["audio"] and results["caption"]["dropped"] == []
-    table = out.stdout.splitlines()
+    table = stdout.splitlines()
     assert table[0].split() == ["dataset", "modality", "task", "metric", "value", "samples", "dropped"]
     assert table[2].split() == [
         "caption",
@@ -187,7 +190,7 @@ def test_eval_command_writes_a_table_json_and_a_record_on_the_run(recipe, model,
     assert records[-1] == {"step": 7} | {
         f"eval-without-audio/{n}/{m}": v for n, r in results.items() for m, v in r["metrics"].items()
     }
-    assert f"logged to {run / 'metrics.jsonl'}" in out.stdout
+    assert f"logged to {run / 'metrics.jsonl'}" in stdout
     with pytest.raises(RecipeError, match=f"--checkpoint {tmp_path}: no model.safetensors or config.json"):
         load_model(tmp_path)
 

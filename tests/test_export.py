@@ -19,7 +19,7 @@ from itertools import islice
 import pytest
 import torch
 import yaml
-from conftest import SMOKE, PlantsAFile
+from conftest import SMOKE, TINY_EVERY, TINY_STEPS, PlantsAFile
 from conftest import unimodal as run_unimodal
 
 import unimodal
@@ -28,12 +28,12 @@ from unimodal.config import expand_shards
 from unimodal.data.decode import decode_example
 from unimodal.data.stream import eval_samples
 from unimodal.model import UnifiedModel
-from unimodal.model.pretrained import load_weights
+from unimodal.model.pretrained import load_tasks, load_weights
 from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.tokenize.sequence import collate_rows
 from unimodal.tokenize.text import BOS_ID
-from unimodal.train.checkpoint import weights_only_loads
+from unimodal.train.checkpoint import tag, weights_only_loads
 from unimodal.train.export import ExportError, export
 
 
@@ -78,7 +78,15 @@ def logits(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_exported_model_has_the_engines_weights_and_logits(run, in_workspace, tmp_path):
     out = tmp_path / "export"
     main(["export", str(run), str(out)])
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "sp.model", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "sp.model",
+        "tasks.json",
+        "tokenizer.json",
+    ]
+    trained_on = load_recipe(run / "recipe.yaml", check_files=False).data.datasets
+    assert load_tasks(out) == load_tasks(run) == trained_on  # the finished stage's too
 
     engine_state, cfg = load_weights(run)  # the engine's module at the last step
     exported, exported_cfg = load_weights(out)
@@ -103,7 +111,7 @@ def test_a_consolidation_in_the_wrong_shard_order_is_caught(tiny_run, in_workspa
     """The check above is not vacuous: rank 0's and rank 1's partitions swapped, the weights differ."""
     swapped = tmp_path / "run"
     shutil.copytree(tiny_run, swapped, ignore=shutil.ignore_patterns("wandb", "tensorboard"))
-    step = swapped / "checkpoints" / "step00000004"
+    step = swapped / "checkpoints" / tag(TINY_STEPS)
     rank0, rank1 = (step / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1))
     rank0.rename(step / "tmp")
     rank1.rename(rank0)
@@ -115,9 +123,9 @@ def test_a_consolidation_in_the_wrong_shard_order_is_caught(tiny_run, in_workspa
 
 
 def test_export_takes_the_checkpoints_dir_and_an_earlier_tag(tiny_run, in_workspace, tmp_path):
-    written = export(tiny_run / "checkpoints", tmp_path / "step2", tag="step00000002")
-    assert (written["run"], written["tag"]) == (str(tiny_run), "step00000002")
-    earlier, _ = load_weights(tmp_path / "step2")
+    written = export(tiny_run / "checkpoints", tmp_path / "earlier", tag=tag(TINY_EVERY))
+    assert (written["run"], written["tag"]) == (str(tiny_run), tag(TINY_EVERY))
+    earlier, _ = load_weights(tmp_path / "earlier")
     last, _ = load_weights(tiny_run)
     assert not torch.equal(earlier["tok_emb.weight"], last["tok_emb.weight"])
 
@@ -150,12 +158,12 @@ def test_export_names_what_is_missing(tiny_run, in_workspace, tmp_path, capsys):
     recipe["model"]["overrides"] = {"enc_layers": 1}
     (bare / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(
-        ExportError, match=r"(?s)step00000004 does not hold the model of .*recipe.yaml: .*Unexpected key\(s\)"
+        ExportError, match=rf"(?s){tag(TINY_STEPS)} does not hold the model of .*recipe.yaml: .*Unexpected key\(s\)"
     ):
         export(bare, tmp_path / "out")
-    for part in (bare / "checkpoints" / "step00000004").glob("*_optim_states.pt"):
+    for part in (bare / "checkpoints" / tag(TINY_STEPS)).glob("*_optim_states.pt"):
         part.unlink()
-    with pytest.raises(ExportError, match=r"step00000004: no ZeRO partitions \(\*_optim_states.pt\)"):
+    with pytest.raises(ExportError, match=rf"{tag(TINY_STEPS)}: no ZeRO partitions \(\*_optim_states.pt\)"):
         export(bare, tmp_path / "out")
 
 

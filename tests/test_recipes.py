@@ -22,6 +22,7 @@ FAMILIES = ("unival", "multimodel", "momo")
 DEMO_SIZED = {"smoke", "osmd"}  # tiny recipes for the demo data; recipes/osmd trains there only (tests/test_osmd.py)
 CURRICULA = sorted(RECIPES.rglob("curriculum.yaml"))
 STEPS = ["--set", "train.steps=3", "--set", "train.checkpoint_every=3", "--set", "logging.every=3"]
+STEPS += ["--set", "logging.wandb.mode=disabled"]  # a few seconds a stage, and no part of what is checked here
 
 
 def name(path) -> str:

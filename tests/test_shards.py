@@ -83,9 +83,9 @@ def test_manifest_round_trip_is_byte_exact(workspace, tmp_path, capsys):
     assert [p.name for p in shards] == [f"shard-{i:06d}.tar" for i in range(-(-n // 50))]
     assert f"wrote {len(shards)} shards, {n} samples" in written.stdout
 
-    inspected = unimodal("data", "inspect", *map(str, shards), "--json", "--samples", cwd=tmp_path)
-    assert inspected.returncode == 0, inspected.stderr
-    report = json.loads(inspected.stdout)
+    code, out_text, err = run_main(capsys, "data", "inspect", *map(str, shards), "--json", "--samples")
+    assert code == 0, err
+    report = json.loads(out_text)
     assert report["samples"] == n and report["skipped"] == 0 and report["broken_shards"] == []
     assert {s["key"]: s["fields"] for s in report["per_sample"]} == expected
 

@@ -1,5 +1,4 @@
-"""Real 2-rank DeepSpeed runs on CPU: ZeRO-2 learns, validates as it goes and its weights evaluate; ZeRO-3 takes ragged
-batches (resume: test_resume.py)."""
+"""Real 2-rank DeepSpeed runs on CPU: ZeRO-2 learns and its weights evaluate; ZeRO-3 takes ragged batches (resume: test_resume.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import SMOKE, unimodal
+from conftest import SMOKE, TINY_STEPS, train_stage1, unimodal
 
 from unimodal.config import RecipeError
 from unimodal.eval.harness import evaluate, load_model, score, subset_batches
@@ -16,44 +15,19 @@ from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.validate import BATCH
 
-STEPS, EVERY = 16, 8
 VAL_EVERY, VAL_SAMPLES = 8, 18  # validation during training at steps 8 and 16: a batch of 16 on rank 0, of 2 on rank 1
-
-
-def run_args(out_dir) -> list[str]:
-    return [
-        "--set",
-        f"train.steps={STEPS}",
-        "--set",
-        f"train.checkpoint_every={EVERY}",
-        "--set",
-        "logging.every=1",
-        "--set",
-        f"train.eval_every={VAL_EVERY}",
-        "--set",
-        f"train.eval_samples={VAL_SAMPLES}",
-        "--set",
-        f"train.output_dir={out_dir}",
-    ]
 
 
 def records(out_dir) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(workspace):
-    out = workspace / "runs" / "train-test" / "a"
-    result = unimodal("train", str(SMOKE / "stage1.yaml"), "--nproc", "2", *run_args(out), cwd=workspace)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out
-
-
-def test_two_rank_zero2_run_learns(uninterrupted, workspace):
-    done = json.loads((uninterrupted / "done.json").read_text())
-    assert (done["world_size"], done["zero_stage"], done["steps"]) == (2, 2, STEPS)
-    recs = [r for r in records(uninterrupted) if "loss" in r]
-    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
+def test_two_rank_zero2_run_learns(tiny_run, workspace):
+    """tests/conftest.py's `tiny_run`: 16 steps of the smoke stage 1 on 2 ranks, ZeRO-2."""
+    done = json.loads((tiny_run / "done.json").read_text())
+    assert (done["world_size"], done["zero_stage"], done["steps"]) == (2, 2, TINY_STEPS)
+    recs = records(tiny_run)
+    assert [r["step"] for r in recs] == list(range(1, TINY_STEPS + 1))
     first, last = recs[0], recs[-1]
     assert last["loss"] < 0.7 * first["loss"]
     for task in ("digit-captions", "number-words"):
@@ -65,20 +39,34 @@ def test_two_rank_zero2_run_learns(uninterrupted, workspace):
     images = sum(e["samples"] for e in size["shards"] if e["name"].startswith("image-"))
     consumed = sum(r["samples/digit-captions"] for r in recs)
     assert last["epochs/digit-captions"] == pytest.approx(consumed / images)
-    assert list((uninterrupted / "wandb").glob("offline-run-*"))
-    assert list((uninterrupted / "checkpoints").glob("step*")) and (uninterrupted / "recipe.yaml").is_file()
+    assert list((tiny_run / "wandb").glob("offline-run-*"))
+    assert list((tiny_run / "checkpoints").glob("step*")) and (tiny_run / "recipe.yaml").is_file()
     # the values used, overrides included, are saved beside the run
-    assert load_recipe(uninterrupted / "recipe.yaml", check_files=False).train.steps == STEPS
+    assert load_recipe(tiny_run / "recipe.yaml", check_files=False).train.steps == TINY_STEPS
 
 
-def test_validation_during_training_falls_and_is_a_one_process_evaluation(uninterrupted, in_workspace):
-    val = [r for r in records(uninterrupted) if "loss" not in r]
-    assert [r["step"] for r in val] == list(range(VAL_EVERY, STEPS + 1, VAL_EVERY))
+@pytest.fixture(scope="module")
+def validated(workspace):
+    """`tiny_run`'s stage with validation during training on (and nothing else: one checkpoint, no loggers)."""
+    sets = [
+        f"train.steps={TINY_STEPS}",
+        f"train.checkpoint_every={TINY_STEPS}",
+        f"train.eval_every={VAL_EVERY}",
+        f"train.eval_samples={VAL_SAMPLES}",
+        "logging.wandb.mode=disabled",
+        "data.workers=0",
+    ]
+    return train_stage1(workspace, workspace / "runs" / "validated", sets)
+
+
+def test_validation_during_training_falls_and_is_a_one_process_evaluation(validated, in_workspace):
+    val = [r for r in records(validated) if "loss" not in r]
+    assert [r["step"] for r in val] == list(range(VAL_EVERY, TINY_STEPS + 1, VAL_EVERY))
     for task in ("digit-captions", "number-words"):
         assert val[-1][f"val/{task}/loss"] < val[0][f"val/{task}/loss"]
     # the last one, on the stage's final weights: what one process scores on the same held-out samples
     recipe = load_recipe(SMOKE / "stage1.yaml")
-    model = load_model(uninterrupted).eval()
+    model = load_model(validated).eval()
     tokenizer = MultimodalTokenizer(recipe.tokenizer, recipe.data.datasets, recipe.seed)
     with torch.no_grad():
         for d, ds in enumerate(recipe.data.datasets):
@@ -94,9 +82,9 @@ def test_validation_during_training_falls_and_is_a_one_process_evaluation(uninte
         load_recipe(SMOKE / "stage1.yaml", without)
 
 
-def test_evaluation_reads_the_stage_weights(uninterrupted, in_workspace):
+def test_evaluation_reads_the_stage_weights(tiny_run, in_workspace):
     recipe = load_recipe(SMOKE / "stage1.yaml")
-    results = evaluate(recipe, load_model(uninterrupted))
+    results = evaluate(recipe, load_model(tiny_run))
     assert set(results) == {"digit-captions", "number-words"}
     for r in results.values():
         assert r["samples"] > 0 and list(r["metrics"]) == ["exact_match"] and 0.0 <= r["metrics"]["exact_match"] <= 1.0

@@ -12,6 +12,8 @@ unimodal curriculum CURRICULUM [--nproc N] [--set F=V ...] [--fresh]
 unimodal plan RECIPE_OR_CURRICULUM [--simulate N] [--json] [--nproc N] [--set F=V ...]
 unimodal eval RECIPE --checkpoint STAGE_DIR [--drop MODALITY ...] [--json FILE] [--set F=V ...]
 unimodal export RUN_DIR OUT_DIR [--tag TAG]
+unimodal predict MODEL_DIR (--image F | --audio F | --video F | --text T ...) [--task NAME] [--prompt P]
+                 [--beams K] [--max-new-tokens N] [--json]
 unimodal report RUN_DIR                  plots (loss per task, mix, throughput) and a summary of metrics.jsonl
 unimodal demo                            all of the above on the demo data
 """
@@ -27,6 +29,9 @@ from pathlib import Path
 from unimodal.commands.inspect import NoShards, format_report, inspect_shards, shard_urls
 from unimodal.config import RecipeError
 from unimodal.data.write import ShardWriteError, folder_samples, manifest_samples, size_in_bytes, summary, write_shards
+from unimodal.modalities import modalities
+from unimodal.modalities.text import TEXT
+from unimodal.predict import PredictError, pipeline
 from unimodal.recipe import load_recipe
 from unimodal.train.launch import StageFailed, StageStopped
 
@@ -116,6 +121,13 @@ def cmd_export(args) -> None:
         print(json.dumps(export(args.run, args.out_dir, args.tag)))
     except ExportError as err:
         fail(err)
+
+
+def cmd_predict(args) -> None:
+    inputs = {m.name: getattr(args, m.name) for m in modalities() if getattr(args, m.name) is not None}
+    options = {"task": args.task, "prompt": args.prompt, "beams": args.beams, "max_new_tokens": args.max_new_tokens}
+    p = pipeline(args.model_dir).predict(**options, **inputs)
+    print(json.dumps({"text": p.text, "task": p.task, "prompt": p.prompt}) if args.json else p.text)
 
 
 def cmd_report(args) -> None:
@@ -314,6 +326,20 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--tag", help="the checkpoint to export, e.g. step00000100 (default: the one `latest` names)")
     q.set_defaults(func=cmd_export)
 
+    q = sub.add_parser("predict", help="the text a trained model writes for your files: a caption, a transcript, ...")
+    q.add_argument("model_dir", type=Path, help="an `unimodal export` (model, tokenizer and tasks files)")
+    for m in modalities():
+        if m.name == TEXT:
+            q.add_argument("--text", metavar="T", help="a text input, given as the text itself")
+        else:
+            q.add_argument(f"--{m.name}", metavar="FILE", help=f"a {m.name} file ({', '.join(m.extensions)})")
+    q.add_argument("--task", help="the task to prompt, by dataset or task name (default: the one reading these inputs)")
+    q.add_argument("--prompt", help="the text prompt instead of the task's")
+    q.add_argument("--beams", type=int, default=1, help="beam search with K beams (default 1: greedy)")
+    q.add_argument("--max-new-tokens", type=int, help="most tokens written (default: as held-out evaluation)")
+    q.add_argument("--json", action="store_true", help='print {"text": ..., "task": ..., "prompt": ...}')
+    q.set_defaults(func=cmd_predict)
+
     q = sub.add_parser(
         "report", help="plot a run's metrics.jsonl (PNGs in RUN_DIR/plots) and summarise it (RUN_DIR/report.txt)"
     )
@@ -338,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (RecipeError, ShardWriteError, NoShards) as err:
+    except (RecipeError, ShardWriteError, NoShards, PredictError) as err:
         fail(err)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)

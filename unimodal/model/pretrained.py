@@ -2,17 +2,19 @@
 
     model.safetensors  every tensor of the model's state_dict, fp32 (the tied LM head as its own copy)
     config.json        the ModelConfig
+    tasks.json         the tasks it was trained on: the recipe's datasets and plugins (`load_tasks`)
     sp.model           the SentencePiece model                               (`unimodal export`)
     tokenizer.json     the recipe's tokenizer section, `text` naming sp.model (`unimodal export`)
 
-A finished stage's output directory holds the first two; `unimodal export`
-writes all four from a run's ZeRO checkpoint. Both load with `unimodal.load_pretrained`,
-and `unimodal eval --checkpoint` takes either.
+A finished stage's output directory holds the first three; `unimodal export`
+writes all five from a run's ZeRO checkpoint. Both load with `unimodal.load_pretrained`,
+and `unimodal eval --checkpoint` takes either; predictions (`unimodal.pipeline`) need all five.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +24,10 @@ from safetensors.torch import load_file, save_file
 from unimodal.config import DatasetConfig, TokenizerConfig
 from unimodal.modalities.text import TEXT
 from unimodal.model import ModelConfig, UnifiedModel
+from unimodal.plugins import import_plugins
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 
-WEIGHTS, MODEL_CONFIG = "model.safetensors", "config.json"
+WEIGHTS, MODEL_CONFIG, TASKS = "model.safetensors", "config.json", "tasks.json"
 TEXT_MODEL, TOKENIZER_CONFIG = "sp.model", "tokenizer.json"
 
 
@@ -39,6 +42,24 @@ def save_weights(out_dir: Path, state: dict[str, torch.Tensor], cfg: ModelConfig
     tmp = out_dir / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(out_dir / WEIGHTS)
+
+
+def save_tasks(out_dir: Path, datasets: Sequence[DatasetConfig], plugins: Sequence[str]) -> None:
+    """tasks.json: each dataset entry as the run validated it (name, task, prompt, inputs, objective, ...)
+    and the plugins its modalities or objectives come from, so the model can be prompted as it was trained."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = {
+        "plugins": list(plugins),  # imported before the tasks are validated again
+        "tasks": [ds.model_dump(mode="json") for ds in datasets],  # in the recipe's order
+    }
+    (out_dir / TASKS).write_text(json.dumps(tasks, indent=2))
+
+
+def save_tokenizer(out_dir: Path, cfg: TokenizerConfig) -> None:
+    """sp.model (a copy of `cfg.text`) and tokenizer.json (the settings, `text` naming the copy)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cfg.text, out_dir / TEXT_MODEL)
+    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(cfg.model_dump(mode="json") | {TEXT: TEXT_MODEL}, indent=2))
 
 
 def _require(src_dir: Path, names: Sequence[str], holder: str) -> None:
@@ -60,6 +81,15 @@ def load_pretrained(path: str | Path) -> UnifiedModel:
     model = UnifiedModel(cfg)
     model.load_state_dict(state)
     return model.eval()
+
+
+def load_tasks(path: str | Path) -> list[DatasetConfig]:
+    """The datasets a model was trained on (tasks.json), its plugins imported first."""
+    path = Path(path)
+    _require(path, (TASKS,), "a finished stage's output_dir and an `unimodal export` hold it")
+    raw = json.loads((path / TASKS).read_text())
+    import_plugins(raw["plugins"])
+    return [DatasetConfig.model_validate(ds) for ds in raw["tasks"]]
 
 
 def load_tokenizer(path: str | Path, datasets: Sequence[DatasetConfig] = ()) -> MultimodalTokenizer:

@@ -17,7 +17,9 @@ The masks (varlen: plans) are built once per forward for each of the three kinds
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +30,16 @@ from torch.utils.checkpoint import checkpoint
 from unimodal.model.config import AttentionKind, ModelConfig
 from unimodal.model.varlen import VarlenPlan, varlen_plan
 
+
 # FlexAttention is a template that torch.compile turns into a fused kernel; uncompiled it runs a
 # dense reference. On GPUs, shapes become dynamic at their first change: ragged batches (rows,
 # decoder length) reuse one kernel. On CPU, static: inductor's CPU template fails to build with
 # dynamic shapes (torch 2.14), and there it serves forward only (FlexAttention has no CPU backward).
-FLEX = {"cuda": torch.compile(flex_attention), "cpu": torch.compile(flex_attention, dynamic=False)}
+# Wrapped on first use: torch.compile's set-up costs every process that imports the model ~2 s of CPU.
+@functools.cache
+def compiled_flex(device_type: str) -> Callable:
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cpu" else torch.compile(flex_attention)
+
 
 Mask = torch.Tensor | BlockMask | VarlenPlan  # a dense bool mask (sdpa), a block mask (flex), buckets (varlen)
 
@@ -61,7 +68,7 @@ class Attention(nn.Module):
         q = self.q(x).view(b, t, h, d // h).transpose(1, 2)
         k, v = self.kv(context).view(b, s, 2, h, d // h).permute(2, 0, 3, 1, 4)
         if isinstance(mask, BlockMask):
-            y = FLEX["cpu" if q.device.type == "cpu" else "cuda"](q, k, v, block_mask=mask)
+            y = compiled_flex("cpu" if q.device.type == "cpu" else "cuda")(q, k, v, block_mask=mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))

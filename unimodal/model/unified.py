@@ -190,3 +190,48 @@ class UnifiedModel(nn.Module):
             if done.all():
                 break
         return ids[:, 1:]
+
+    @torch.no_grad()
+    def beam_search(
+        self, batch: dict[str, torch.Tensor], bos_id: int, eos_id: int, max_new_tokens: int, beams: int
+    ) -> tuple[torch.Tensor, float]:
+        """Beam search over a batch of one sample: (long [<= max_new_tokens], BOS excluded, EOS included
+        if reached; its log-probability under the model, EOS included).
+
+        Each step extends every live hypothesis by every token and ranks the extensions by total
+        log-probability; going down that ranking, an EOS among the first `beams` ends a hypothesis
+        (it joins the finished ones) and the first `beams` others stay live (the 2 x beams best
+        always hold that many: each hypothesis has one EOS). A hypothesis still live after
+        `max_new_tokens` tokens finishes as it stands, as greedy decoding's do.
+
+        Length: hypotheses are ranked by their total log-probability, not normalised by length:
+        the answer is the most probable text the beam has seen, EOS included. Each token adds a
+        log-probability <= 0, so a live hypothesis can only lose: the search stops as soon as the
+        best finished one scores at least as high as every live one, and it is the answer. (A
+        length penalty would favour longer texts; the targets here, captions, transcripts and
+        labels, are short and need none.) With beams=1 this is `generate`'s greedy decoding exactly.
+        Each step re-runs the decoder over the whole prefix, as `generate` does.
+        """
+        memory, enc_sample = self.encode(batch)
+        if memory.shape[0] != 1 or beams < 1:
+            raise ValueError(f"beam_search takes one sample and beams >= 1, not {memory.shape[0]} and {beams}")
+        ids = torch.full((1, 1), bos_id, dtype=torch.long, device=memory.device)
+        scores = torch.zeros(1, device=memory.device)  # the live hypotheses' log-probabilities
+        finished: list[tuple[float, torch.Tensor]] = []
+        for _ in range(max_new_tokens):
+            k = ids.shape[0]
+            states = self.decoder_states(ids, memory.expand(k, -1, -1), enc_sample.expand(k, -1))
+            total = scores[:, None] + self.lm_head(states[:, -1]).float().log_softmax(-1)
+            top, flat = total.flatten().topk(min(2 * beams, total.numel()))
+            origin, token = flat // total.shape[1], flat % total.shape[1]
+            grown = torch.cat([ids[origin], token[:, None]], dim=1)
+            ends = token == eos_id
+            finished += [(top[r].item(), grown[r, 1:]) for r in range(min(beams, len(top))) if ends[r]]
+            live = (~ends).nonzero().flatten()[:beams]
+            ids, scores = grown[live], top[live]
+            if finished and max(f[0] for f in finished) >= scores.max().item():
+                break
+        else:
+            finished += [(s, row[1:]) for s, row in zip(scores.tolist(), ids)]
+        score, best = max(finished, key=lambda f: f[0])
+        return best, score

@@ -3,7 +3,7 @@
 DeepSpeed's own zero_to_fp32 merges the ZeRO-1/2/3 partitions of the fp32
 master weights (the true weights, also under bf16) into whole tensors; they
 are checked against the model the run's `recipe.yaml` describes, then written
-in the format of `unimodal.model.pretrained` with the run's tokenizer beside them.
+in the format of `unimodal.model.pretrained` with the run's tokenizer and tasks beside them.
 
 Safety: zero_to_fp32 (DeepSpeed 0.19.8) turns torch.load's weights_only off,
 which would unpickle whatever a checkpoint file holds; export makes every load
@@ -13,15 +13,12 @@ What export writes holds no pickle.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from unimodal.modalities.text import TEXT
 from unimodal.model import UnifiedModel
-from unimodal.model.pretrained import TEXT_MODEL, TOKENIZER_CONFIG, save_weights
+from unimodal.model.pretrained import save_tasks, save_tokenizer, save_weights
 from unimodal.recipe import load_recipe
 from unimodal.tokenize.multimodal import MultimodalTokenizer
 from unimodal.train.checkpoint import weights_only_loads
@@ -75,9 +72,8 @@ def export(path: str | Path, out_dir: str | Path, tag: str | None = None) -> dic
         raise ExportError(f"{ckpts / tag} does not hold the model of {recipe_file}: {err}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sp_model, out_dir / TEXT_MODEL)
-    settings = recipe.tokenizer.model_dump(mode="json") | {TEXT: TEXT_MODEL}
-    (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=2))
+    save_tokenizer(out_dir, recipe.tokenizer)
+    save_tasks(out_dir, recipe.data.datasets, recipe.plugins)
     save_weights(out_dir, {k: v.detach().clone() for k, v in model.state_dict().items()}, cfg)  # last; tied head untied
     return {
         "run": str(run),

@@ -29,7 +29,7 @@ from unimodal.data.mix.balancer import Balancer
 from unimodal.model import UnifiedModel, count_parameters
 from unimodal.model.distill import DistillPlan
 from unimodal.model.flops import batch_train_flops
-from unimodal.model.pretrained import save_weights
+from unimodal.model.pretrained import save_tasks, save_weights
 from unimodal.model.transformer import compiled_graphs
 from unimodal.objectives.contrastive import CONTRASTIVE
 from unimodal.tokenize.multimodal import MultimodalTokenizer
@@ -185,6 +185,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
         }
         done["peak_memory_mib"], done["peak_memory_of"] = peak_memory_mib(device)
         if rank == 0:
+            save_tasks(out_dir, recipe.data.datasets, recipe.plugins)
             save_weights(out_dir, state, cfg)
             (out_dir / DONE).write_text(json.dumps(done, indent=2))
     logger.close()
