@@ -1,0 +1,74 @@
+"""Shared machinery of the claim studies (bench/multitask.py, bench/curriculum.py).
+
+A study trains small `unimodal` runs from recipes it writes into a demo
+workspace (bench/workspace.py), scores each run with `unimodal eval`, repeats
+that over seeds in parallel jobs, and summarises each arm as mean, standard
+deviation and per-seed values.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from workspace import REPO, unimodal
+
+SMOKE = REPO / "recipes" / "smoke"
+
+
+def smoke_recipe(stage: str) -> dict:
+    """A smoke stage's recipe (stage1 or stage2) as a dict, from scratch, to be varied and written back."""
+    recipe = yaml.safe_load((SMOKE / f"{stage}.yaml").read_text())
+    recipe.pop("init_from", None)  # the study says where a stage starts from (train's init_from)
+    return recipe
+
+
+def write_recipe(recipe: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def train(recipe: Path, out: Path, steps: int, seed: int, nproc: int, init_from: Path | None = None) -> None:
+    """`steps` optimiser steps of `recipe` into `out`, one checkpoint at the end, no loggers."""
+    sets = [
+        f"seed={seed}",
+        *([f"init_from={init_from}"] if init_from else []),
+        f"train.steps={steps}",
+        f"train.checkpoint_every={steps}",
+        f"train.output_dir={out}",
+        "logging.wandb.mode=disabled",
+    ]
+    unimodal("train", str(recipe), "--nproc", str(nproc), *(a for s in sets for a in ("--set", s)))
+
+
+def exact_match(recipe: Path, out: Path) -> dict[str, float]:
+    """Held-out exact match of the run in `out`, per dataset of `recipe`."""
+    unimodal("eval", str(recipe), "--checkpoint", str(out), "--json", str(out / "eval.json"))
+    return {name: r["metrics"]["exact_match"] for name, r in json.loads((out / "eval.json").read_text()).items()}
+
+
+def last_record(out: Path) -> dict:
+    """The last training record of the run in `out` (metrics.jsonl; eval lines have no `step`)."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in records if "step" in r and "loss" in r][-1]
+
+
+def over_seeds(seeds: list[int], jobs: int, run_seed: Callable[[int], dict[str, float]]) -> dict[int, dict[str, float]]:
+    """run_seed(seed) -> {arm: value} for every seed, `jobs` seeds at a time."""
+    with ThreadPoolExecutor(jobs) as pool:
+        return dict(zip(seeds, pool.map(run_seed, seeds)))  # re-raises a failed run's error
+
+
+def summarise(values: dict[int, float]) -> dict:
+    """Mean, standard deviation (0 for one seed) and per-seed values of one arm."""
+    xs = list(values.values())
+    return {
+        "mean": statistics.mean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "per_seed": {str(s): v for s, v in values.items()},
+    }
