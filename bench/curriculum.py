@@ -24,9 +24,9 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
-from study import exact_match, over_seeds, smoke_recipe, summarise, train, write_recipe
-from workspace import demo_workspace
+from study import exact_match, over_seeds, smoke_recipe, study_workspace, summarise, train, write_recipe
 
 ARMS = ("curriculum", "all_at_once")
 
@@ -36,19 +36,22 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=300, help="optimiser steps in all, of either arm")
     p.add_argument("--scale", type=float, default=0.1, help="demo scale")
+    p.add_argument(
+        "--data", type=Path, help="a workspace holding data/demo and runs/demo/tokenizer (default: a new one)"
+    )
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2, help="seeds trained at once (each seed's arms in turn)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
-    with demo_workspace(scale=args.scale, vocab_size=256) as ws:
-        stage1 = write_recipe(smoke_recipe("stage1"), ws / "recipes" / "stage1.yaml")
+    with study_workspace(args.data, args.scale) as scratch:
+        stage1 = write_recipe(smoke_recipe("stage1"), scratch / "recipes" / "stage1.yaml")
         everything = smoke_recipe("stage2")
-        stage2 = write_recipe(everything, ws / "recipes" / "stage2.yaml")
+        stage2 = write_recipe(everything, scratch / "recipes" / "stage2.yaml")
         modality = {d["name"]: next(iter(d["inputs"])) for d in everything["data"]["datasets"]}
 
         def run_seed(seed: int) -> dict[str, float]:
-            runs, half = ws / "runs" / f"seed{seed}", args.steps // 2
+            runs, half = scratch / "runs" / f"seed{seed}", args.steps // 2
             train(stage1, runs / "stage1", half, seed, args.nproc)
             train(stage2, runs / "curriculum", args.steps - half, seed, args.nproc, init_from=runs / "stage1")
             train(stage2, runs / "all_at_once", args.steps, seed, args.nproc)

@@ -3,7 +3,7 @@
 The demo's four tasks (recipes/smoke/stage2.yaml, every task weight 1: equally
 often, as MultiModel samples its tasks), with the image captions cut to a
 tenth: the small task reads a second demo written at a tenth of the scale
-(`write_demo(data/small, scale=scale/10)`: its image shards), the others read
+(`write_demo` at scale/10 into a scratch folder: its image shards), the others read
 data/demo. The small task's held-out exact match (data/demo's full test
 shard) is compared, with every seed:
 
@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
-from study import exact_match, last_record, over_seeds, smoke_recipe, summarise, train, write_recipe
-from workspace import demo_workspace
+from study import exact_match, last_record, over_seeds, smoke_recipe, study_workspace, summarise, train, write_recipe
 
 from unimodal.demo.mixture import write_demo
 
@@ -38,24 +38,27 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=200, help="optimiser steps of the joint and single runs")
     p.add_argument("--scale", type=float, default=0.1, help="demo scale of the large tasks (the small: a tenth)")
+    p.add_argument(
+        "--data", type=Path, help="a workspace holding data/demo and runs/demo/tokenizer (default: a new one)"
+    )
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2, help="seeds trained at once (each seed's arms in turn)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
-    with demo_workspace(scale=args.scale, vocab_size=256) as ws:
-        n_small = write_demo(ws / "data" / "small", scale=args.scale / 10, speech=False)["train"]["image"]
+    with study_workspace(args.data, args.scale) as scratch:
+        n_small = write_demo(scratch / "small", scale=args.scale / 10, speech=False)["train"]["image"]
         joint = smoke_recipe("stage2")
         for dataset in joint["data"]["datasets"]:
             dataset["weight"] = 1.0
             if dataset["name"] == SMALL:
-                dataset["shards"] = dataset["shards"].replace("data/demo", "data/small")
+                dataset["shards"] = dataset["shards"].replace("data/demo", str(scratch / "small"))
         single = dict(
             joint, data=dict(joint["data"], datasets=[d for d in joint["data"]["datasets"] if d["name"] == SMALL])
         )
         recipes = {
-            "joint": write_recipe(joint, ws / "recipes" / "joint.yaml"),
-            "single": write_recipe(single, ws / "recipes" / "single.yaml"),
+            "joint": write_recipe(joint, scratch / "recipes" / "joint.yaml"),
+            "single": write_recipe(single, scratch / "recipes" / "single.yaml"),
         }
         print(f"small task {SMALL}: {n_small} training samples", flush=True)
 
@@ -63,7 +66,7 @@ def main() -> None:
             return last_record(out)[f"epochs/{SMALL}"] * n_small
 
         def run_seed(seed: int) -> dict[str, float]:
-            runs, scores, samples = ws / "runs" / f"seed{seed}", {}, {}
+            runs, scores, samples = scratch / "runs" / f"seed{seed}", {}, {}
             for arm in ("joint", "single"):
                 train(recipes[arm], runs / arm, args.steps, seed, args.nproc)
                 samples[arm] = seen(runs / arm)

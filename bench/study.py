@@ -9,15 +9,35 @@ deviation and per-seed values.
 from __future__ import annotations
 
 import json
+import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import yaml
-from workspace import REPO, unimodal
+from workspace import REPO, demo_workspace, unimodal
 
 SMOKE = REPO / "recipes" / "smoke"
+
+
+@contextmanager
+def study_workspace(existing: Path | None, scale: float) -> Iterator[Path]:
+    """Inside: the working directory holds data/demo and runs/demo/tokenizer (`existing`, or a fresh demo
+    workspace at `scale`); yields a scratch folder for the study's recipes, data variants and runs."""
+    with TemporaryDirectory() as scratch:
+        if existing is None:
+            with demo_workspace(scale=scale, vocab_size=256):
+                yield Path(scratch)
+            return
+        cwd = os.getcwd()
+        os.chdir(existing)
+        try:
+            yield Path(scratch)
+        finally:
+            os.chdir(cwd)
 
 
 def smoke_recipe(stage: str) -> dict:
