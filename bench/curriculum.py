@@ -20,45 +20,34 @@ per-seed values.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
-from study import exact_match, over_seeds, smoke_recipe, study_workspace, summarise, train, write_recipe
+import study
 
 ARMS = ("curriculum", "all_at_once")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps in all, of either arm")
-    p.add_argument("--scale", type=float, default=0.1, help="demo scale")
-    p.add_argument(
-        "--data", type=Path, help="a workspace holding data/demo and runs/demo/tokenizer (default: a new one)"
-    )
-    p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=2, help="seeds trained at once (each seed's arms in turn)")
-    args = p.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args = study.study_arguments(__doc__, 300, "optimiser steps in all, of either arm", "demo scale").parse_args()
+    seeds = args.seeds
     started = time.perf_counter()
-    with study_workspace(args.data, args.scale) as scratch:
-        stage1 = write_recipe(smoke_recipe("stage1"), scratch / "recipes" / "stage1.yaml")
-        everything = smoke_recipe("stage2")
-        stage2 = write_recipe(everything, scratch / "recipes" / "stage2.yaml")
+    with study.study_workspace(args.data, args.scale) as scratch:
+        stage1 = study.write_recipe(study.smoke_recipe("stage1"), scratch / "recipes" / "stage1.yaml")
+        everything = study.smoke_recipe("stage2")
+        stage2 = study.write_recipe(everything, scratch / "recipes" / "stage2.yaml")
         modality = {d["name"]: next(iter(d["inputs"])) for d in everything["data"]["datasets"]}
 
         def run_seed(seed: int) -> dict[str, float]:
             runs, half = scratch / "runs" / f"seed{seed}", args.steps // 2
-            train(stage1, runs / "stage1", half, seed, args.nproc)
-            train(stage2, runs / "curriculum", args.steps - half, seed, args.nproc, init_from=runs / "stage1")
-            train(stage2, runs / "all_at_once", args.steps, seed, args.nproc)
+            study.train(stage1, runs / "stage1", half, seed, args.nproc)
+            study.train(stage2, runs / "curriculum", args.steps - half, seed, args.nproc, init_from=runs / "stage1")
+            study.train(stage2, runs / "all_at_once", args.steps, seed, args.nproc)
             scores = {
                 f"{arm}/{modality[name]}": value
                 for arm in ARMS
-                for name, value in exact_match(stage2, runs / arm).items()
+                for name, value in study.exact_match(stage2, runs / arm).items()
             }
             print(
                 f"seed {seed}  "
@@ -68,13 +57,15 @@ def main() -> None:
             )
             return scores
 
-        results = over_seeds(seeds, args.jobs, run_seed)
+        results = study.over_seeds(seeds, args.jobs, run_seed)
 
     summary: dict = {"bench": "curriculum", "steps": args.steps, "scale": args.scale, "seeds": seeds}
-    print(f"\nheld-out exact match, {args.steps} steps in all, seeds {args.seeds}:")
+    print(f"\nheld-out exact match, {args.steps} steps in all, seeds {','.join(map(str, seeds))}:")
     for arm in ARMS:
-        per_modality = {m: summarise({seed: r[f"{arm}/{m}"] for seed, r in results.items()}) for m in modality.values()}
-        overall = summarise(
+        per_modality = {
+            m: study.summarise({seed: r[f"{arm}/{m}"] for seed, r in results.items()}) for m in modality.values()
+        }
+        overall = study.summarise(
             {seed: statistics.mean(r[f"{arm}/{m}"] for m in modality.values()) for seed, r in results.items()}
         )
         print(

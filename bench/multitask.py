@@ -20,12 +20,20 @@ Last line: JSON with `joint_mean`, `single_mean`, `single_same_samples_mean`
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
-from study import exact_match, last_record, over_seeds, smoke_recipe, study_workspace, summarise, train, write_recipe
+from study import (
+    exact_match,
+    last_record,
+    over_seeds,
+    smoke_recipe,
+    study_arguments,
+    study_workspace,
+    summarise,
+    train,
+    write_recipe,
+)
 
 from unimodal.demo.mixture import write_demo
 
@@ -34,17 +42,13 @@ ARMS = ("joint", "single", "single_same_samples")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=200, help="optimiser steps of the joint and single runs")
-    p.add_argument("--scale", type=float, default=0.1, help="demo scale of the large tasks (the small: a tenth)")
-    p.add_argument(
-        "--data", type=Path, help="a workspace holding data/demo and runs/demo/tokenizer (default: a new one)"
-    )
-    p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=2, help="seeds trained at once (each seed's arms in turn)")
-    args = p.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args = study_arguments(
+        __doc__,
+        200,
+        "optimiser steps of the joint and single runs",
+        "demo scale of the large tasks (the small: a tenth)",
+    ).parse_args()
+    seeds = args.seeds
     started = time.perf_counter()
     with study_workspace(args.data, args.scale) as scratch:
         n_small = write_demo(scratch / "small", scale=args.scale / 10, speech=False)["train"]["image"]
@@ -95,7 +99,7 @@ def main() -> None:
         "scale": args.scale,
         "seeds": seeds,
     }
-    print(f"\n{SMALL} held-out exact match, {n_small} training samples, seeds {args.seeds}:")
+    print(f"\n{SMALL} held-out exact match, {n_small} training samples, seeds {','.join(map(str, seeds))}:")
     for arm in ARMS:
         s = summarise({seed: r[arm] for seed, r in results.items()})
         print(

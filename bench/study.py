@@ -8,6 +8,7 @@ deviation and per-seed values.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -21,6 +22,20 @@ import yaml
 from workspace import REPO, demo_workspace, unimodal
 
 SMOKE = REPO / "recipes" / "smoke"
+
+
+def study_arguments(doc: str, steps: int, steps_help: str, scale_help: str) -> argparse.ArgumentParser:
+    """The options every claim study takes: seeds, steps, data scale or workspace, ranks, parallel jobs."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--steps", type=int, default=steps, help=steps_help)
+    p.add_argument("--scale", type=float, default=0.1, help=scale_help)
+    p.add_argument(
+        "--data", type=Path, help="a workspace holding data/demo and runs/demo/tokenizer (default: a new one)"
+    )
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=2, help="seeds trained at once (each seed's arms in turn)")
+    return p
 
 
 @contextmanager
