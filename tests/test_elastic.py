@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import SMOKE, TINY_STEPS, unimodal
+from conftest import SMOKE, TINY_STEPS, unimodal, unimodal_env
+from test_loader import image_recipe, write_shards
+from test_resume import wait_for
 
 from unimodal.config import RecipeError
+from unimodal.data.loader import build_train_loader
 from unimodal.recipe import load_recipe
 from unimodal.train import launch
-from unimodal.train.checkpoint import TOPOLOGY, tag, weights_only_loads
+from unimodal.train.checkpoint import PARTIAL, TOPOLOGY, tag, weights_only_loads
 from unimodal.train.elastic import UNIVERSAL, plan, topology
 from unimodal.train.lock import LOCK
 
@@ -109,3 +118,96 @@ def test_the_global_batch_is_kept_unless_the_recipe_sets_another_accumulation(in
     assert plan(chosen, 6, ckpt, "here").accumulation == 5  # asked for: the global batch changes
     with pytest.raises(RecipeError, match=re.escape("deepspeed.gradient_accumulation_steps")):
         plan(stage2, 5, ckpt, "here")
+
+
+# The data across topology changes: 2 ranks x 2 workers, killed; 1 x 1, killed; 2 x 1 to the end.
+EXACT_STEPS = 24
+PER_SHARD = {"a": 6, "b": 5}  # 8 shards each: epoch 0 of both ends near step 10, between the second kill and the end
+
+
+def exact_data(tmp_path: Path) -> tuple[Path, dict[str, set[str]]]:
+    """Two image-caption datasets, `resample: false`, 8 shards each: the recipe, and each dataset's keys."""
+    keys = {name: set(write_shards(tmp_path / name, name, per_shard=n)) for name, n in PER_SHARD.items()}
+    datasets = [
+        {"name": name, "shards": str(tmp_path / name / f"{name}-{{000000..000007}}.tar"), "resample": False}
+        for name in PER_SHARD
+    ]
+    return image_recipe(tmp_path, datasets, workers=2, shuffle_buffer=2), keys
+
+
+def exact_args(recipe: Path, out: Path, nproc: int, *sets: str) -> list[str]:
+    sets = (
+        f"train.steps={EXACT_STEPS}",
+        "logging.every=1",
+        "logging.sample_log=true",
+        "logging.wandb.mode=disabled",
+        f"train.output_dir={out}",
+        *sets,
+    )
+    return ["train", str(recipe), "--nproc", str(nproc), *[a for s in sets for a in ("--set", s)]]
+
+
+def kill_while_saving(args: list[str], out: Path, cwd: Path, step: int) -> None:
+    """Run until the checkpoint of `step` is being written, then SIGKILL the whole job."""
+    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 (the run writes to it after we return)
+    cmd = [sys.executable, "-m", "unimodal.cli", *args]
+    run = subprocess.Popen(
+        cmd, cwd=cwd, env=unimodal_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    wait_for(lambda: (out / "checkpoints" / f"{PARTIAL}{tag(step)}").is_dir(), run)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+
+
+def uninterrupted_draws(recipe: Path, cwd: Path) -> dict[int, list[int]]:
+    """The task draws of each global micro-batch of an uninterrupted 2 x 2 run, from its loaders alone."""
+    draws = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        recipe = load_recipe(recipe)
+        for rank in (0, 1):
+            batches = iter(build_train_loader(recipe, rank, world=2))
+            for _ in range(EXACT_STEPS):
+                meta = next(batches)["meta"]
+                draws[meta["micro"]] = meta["draws"]
+    return draws
+
+
+def test_a_run_killed_and_resumed_on_other_topologies_trains_each_sample_of_the_epoch_once(workspace, tmp_path):
+    recipe, keys = exact_data(tmp_path)
+    out = tmp_path / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    kill_while_saving(exact_args(recipe, out, 2, "train.checkpoint_every=4"), out, workspace, 8)  # 2 x 2, at 4
+    kill_while_saving(exact_args(recipe, out, 1, "train.checkpoint_every=3", "data.workers=1"), out, workspace, 9)
+    result = unimodal(*exact_args(recipe, out, 2, "train.checkpoint_every=100", "data.workers=1"), cwd=workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resuming at step 6" in result.stdout and "1 -> 2 ranks, 1 -> 1 workers" in result.stdout
+
+    lines = [json.loads(x) for r in (0, 1) for x in (out / "samples" / f"rank{r}.jsonl").read_text().splitlines()]
+    trained = Counter((k, e) for line in lines for k, e in zip(line["keys"], line["epochs"]))
+    assert max(trained.values()) == 1  # nothing trained twice in an epoch
+    for name, epoch0 in keys.items():
+        got = {k.split("/", 1)[1] for k, e in trained if e == 0 and k.startswith(name + "/")}
+        assert got == epoch0, f"{name}: missing {sorted(epoch0 - got)}"
+        # the kills came mid-epoch: epoch 0 of each dataset had samples trained after both resumes
+        last = max(
+            line["step"]
+            for line in lines
+            for k, e in zip(line["keys"], line["epochs"])
+            if e == 0 and k.startswith(name)
+        )
+        assert last > 6, name
+
+    # the task draws of each global micro-batch are the uninterrupted run's: equal before the first change,
+    # after it the same sequence, of which a batch takes as many as its samples' sizes let it
+    micro = {line["micro"]: line["draws"] for line in lines}
+    assert sorted(micro) == list(range(2 * EXACT_STEPS))  # 2 micro-batches a step, each once, on every topology
+    expected = uninterrupted_draws(recipe, workspace)
+    for j, drawn in micro.items():
+        n = min(len(drawn), len(expected[j]))
+        assert n and drawn[:n] == expected[j][:n], j
+    assert all(micro[j] == expected[j] for j in range(2 * 4)), "the first 4 steps ran on the same topology"
+
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert len(losses) == EXACT_STEPS and np.mean(losses[-4:]) < np.mean(losses[:4])
+    assert adam_steps(out / "checkpoints" / tag(EXACT_STEPS)) == {float(EXACT_STEPS)}  # loaded, never reset

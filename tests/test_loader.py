@@ -30,20 +30,22 @@ def png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(directory: Path, prefix: str, corrupt: set[str] = frozenset()) -> list[str]:
-    """SHARDS shards of PER_SHARD image-caption samples; keys in `corrupt` get bytes that are no PNG."""
+def write_shards(
+    directory: Path, prefix: str, corrupt: set[str] = frozenset(), per_shard: int = PER_SHARD
+) -> list[str]:
+    """SHARDS shards of `per_shard` image-caption samples; keys in `corrupt` get bytes that are no PNG."""
     directory.mkdir(parents=True, exist_ok=True)
     keys, entries = [], []
     for s in range(SHARDS):
         path = directory / f"{prefix}-{s:06d}.tar"
         with wds.TarWriter(str(path)) as sink:
-            for i in range(PER_SHARD):
+            for i in range(per_shard):
                 key = f"{prefix}-{s}-{i}"
                 sink.write(
                     {"__key__": key, "png": b"not a png" if key in corrupt else png(s * 100 + i), "txt": f"sample {i}"}
                 )
                 keys.append(key)
-        entries.append({"name": path.name, "samples": PER_SHARD, "bytes": path.stat().st_size})
+        entries.append({"name": path.name, "samples": per_shard, "bytes": path.stat().st_size})
     write_index(directory, entries)
     return keys
 

@@ -18,7 +18,7 @@ from unimodal.data.loader import build_train_loader
 from unimodal.data.mix.balancer import Balancer
 from unimodal.data.mix.board import MixBoard
 from unimodal.data.mix.policies import MixPolicy, bounded, loss_aware_mix
-from unimodal.data.mix.sampler import cumulative, slot_sampler
+from unimodal.data.mix.sampler import STRIDE, cumulative, micro_sampler
 from unimodal.recipe import load_recipe
 from unimodal.train.comm import all_reduce_sum
 
@@ -26,14 +26,18 @@ DRAWS = 20_000
 STAGE2 = ["digit-captions", "number-words", "spoken-digits", "moving-digits"]
 
 
-def achieved(target: np.ndarray, draws: int = DRAWS, rank: int = 0, worker: int = 0) -> np.ndarray:
-    sampler, cum = slot_sampler(0, rank, worker), cumulative(target)
-    return np.bincount([sampler.draw(cum) for _ in range(draws)], minlength=len(target)) / draws
+def achieved(target: np.ndarray, draws: int = DRAWS, first: int = 0, per_micro: int = 1) -> np.ndarray:
+    """The shares of `draws` draws: `per_micro` from each micro-batch's sequence, from micro-batch `first` on."""
+    sampler, cum, picks = micro_sampler(0, first), cumulative(target), []
+    for i in range(draws):
+        sampler.draws = (first + i // per_micro) * STRIDE + i % per_micro
+        picks.append(sampler.draw(cum))
+    return np.bincount(picks, minlength=len(target)) / draws
 
 
 def assert_hits(target: np.ndarray) -> None:
-    for rank, worker in ((0, 0), (1, 0), (3, 1)):
-        assert np.abs(achieved(target, rank=rank, worker=worker) - target).max() < 0.01, (rank, worker)
+    for first, per_micro in ((0, 1), (1000, 7), (3, 40)):
+        assert np.abs(achieved(target, first=first, per_micro=per_micro) - target).max() < 0.01, (first, per_micro)
 
 
 def sampling(value: str) -> list[str]:
@@ -125,18 +129,21 @@ def test_loss_aware_favours_the_slowest_falling_task_within_bounds(in_workspace)
     assert np.allclose(wide, [0.6, 0.4 / 3, 0.4 / 3, 0.4 / 3])
 
 
-def test_sampler_resumes_mid_sequence():
+def test_a_micro_batchs_draws_depend_on_the_seed_and_its_global_index_only():
     cum = cumulative(np.array([0.5, 0.3, 0.2]))
-    sampler = slot_sampler(7, rank=1, worker=1)
-    draws = [sampler.draw(cum) for _ in range(20_000)]
-    resumed = slot_sampler(7, rank=1, worker=1, draws=12_345)
-    assert [resumed.draw(cum) for _ in range(100)] == draws[12_345:12_445]
-    assert draws[:200] != [slot_sampler(7, rank=0, worker=1).draw(cum) for _ in range(200)]
+    sampler = micro_sampler(7, 12)
+    draws = [sampler.draw(cum) for _ in range(200)]
+    again = micro_sampler(7, 12)  # another worker, rank or topology: the same draws
+    assert [again.draw(cum) for _ in range(200)] == draws
+    assert abs(np.mean(np.array(draws) == 0) - 0.5) < 0.02  # each micro-batch's draws are spread by the mix
+    other = micro_sampler(7, 13)
+    assert draws != [other.draw(cum) for _ in range(200)]
 
 
 def test_weyl_sequence_never_draws_a_task_at_zero():
     cum = cumulative(np.array([0.7, 0.3, 0.0]))
-    sampler = slot_sampler(3, 0, 0, draws=(1 << 64) - 5)  # past the 64-bit wrap
+    sampler = micro_sampler(3, 0)
+    sampler.draws = (1 << 64) - 5  # past the 64-bit wrap
     assert {sampler.draw(cum) for _ in range(1000)} == {0, 1}
 
 

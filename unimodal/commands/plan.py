@@ -9,8 +9,9 @@ real sampler and target mix, the loader's packer and token budget) out of
 samples whose token lengths were measured: the first `probe` samples of each
 dataset, decoded and tokenized with the recipe's tokenizer and taken in turn.
 A loss-aware mix is planned at its prior: there are no losses yet.
-`simulate` draws tasks from the real samplers of all ranks and workers, spread
-over the stage's steps, without decoding anything: the mix those draws achieve.
+`simulate` draws tasks from the real sampler's micro-batch sequences, as many a
+micro-batch as it holds samples, spread over the stage's steps, without
+decoding anything: the mix those draws achieve.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from unimodal.config import Recipe, RecipeError, expand_shards
 from unimodal.data.decode import BadSample, decode_example
 from unimodal.data.mix.policies import MixPolicy, dataset_sizes
-from unimodal.data.mix.sampler import cumulative, slot_sampler
+from unimodal.data.mix.sampler import STRIDE, cumulative, micro_sampler
 from unimodal.data.packing import fill_batch
 from unimodal.data.stream import BrokenShard, read_shard
 from unimodal.recipe import load_recipe, read_yaml
@@ -101,7 +102,7 @@ def per_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Samples and tokens (encoder + decoder, no padding) per loader batch, per dataset."""
     n = len(lengths)
-    sampler = slot_sampler(recipe.seed, 0, 0)
+    sampler = micro_sampler(recipe.seed, 0)
     taken, pending = [0] * n, []
     samples, tokens = np.zeros(n), np.zeros(n)
     cum = None
@@ -114,8 +115,8 @@ def per_batch(
         taken[d] += 1
         return d, None, seq
 
-    for step in spread(recipe.train.steps, batches):
-        cum = cumulative(policy.target(int(step)))
+    for i, step in enumerate(spread(recipe.train.steps, batches)):
+        cum, sampler.draws = cumulative(policy.target(int(step))), i * STRIDE
         _, items = fill_batch(next_item, pending, recipe.data.batch_tokens, recipe.data.pack_length)
         for d, _, seq in items:
             samples[d] += 1
@@ -123,16 +124,16 @@ def per_batch(
     return samples / batches, tokens / batches
 
 
-def simulate(recipe: Recipe, policy: MixPolicy, draws: int, nproc: int) -> np.ndarray:
-    """The mix that `draws` draws of the real samplers achieve, taking turns over ranks x workers."""
-    workers = max(1, recipe.data.workers)
-    samplers = [slot_sampler(recipe.seed, r, w) for r in range(nproc) for w in range(workers)]
+def simulate(recipe: Recipe, policy: MixPolicy, draws: int, per_micro: int) -> np.ndarray:
+    """The mix that `draws` draws of the real sampler achieve, `per_micro` draws from each micro-batch's sequence."""
+    sampler = micro_sampler(recipe.seed, 0)
     counts = np.zeros(len(recipe.data.datasets))
     last, cum = -1, None
     for i, step in enumerate(spread(recipe.train.steps, draws)):
         if step != last:
             last, cum = step, cumulative(policy.target(int(step)))
-        counts[samplers[i % len(samplers)].draw(cum)] += 1
+        sampler.draws = (i // per_micro) * STRIDE + i % per_micro
+        counts[sampler.draw(cum)] += 1
     return counts / draws
 
 
@@ -145,7 +146,7 @@ def plan_stage(
     lengths = measure(recipe, probe)
     samples, tokens = per_batch(recipe, policy, lengths, batches)
     per_step = accumulation * nproc  # loader batches per optimiser step, all ranks
-    achieved = simulate(recipe, policy, draws, nproc) if draws else None
+    achieved = simulate(recipe, policy, draws, max(1, round(samples.sum()))) if draws else None
     out = {}
     for d, (ds, size) in enumerate(zip(recipe.data.datasets, dataset_sizes(recipe))):
         row = {

@@ -1,20 +1,24 @@
 """The training loader: mixed-task, token-budget batches built in DataLoader workers.
 
-Each worker owns one `ShardStream` per dataset and a TaskSampler; it decodes,
-tokenizes and collates, so the training process only receives ready tensors.
-A batch's target mix depends on its training step (unimodal/data/mix/policies.py).
-Workers take turns, so batch j of worker w (of W) is the loader's batch
-j * W + w, which falls in training step (j * W + w) // accumulation.
+Each worker owns one `ShardStream` per dataset; it draws each sample's task,
+decodes, tokenizes and collates, so the training process only receives ready
+tensors. Workers take turns, so batch j of worker w (of W) is the rank's loader
+batch b = j * W + w, which falls in training step b // accumulation (whose
+target mix it draws from, unimodal/data/mix/policies.py) and is the run's
+global micro-batch b * world + rank (whose task draws it takes,
+unimodal/data/mix/sampler.py).
 Broken samples (undecodable media, missing fields, truncated shards) are
 skipped, logged with shard and key, and counted per dataset and reason; once a
 dataset's skipped fraction passes `data.max_bad_fraction` the worker stops the
 run with `TooManyBadSamples`, naming the dataset.
 
-A worker's position (task draws, each stream's cursor and shuffle buffer, the
-counts) is plain data: torchdata's StatefulDataLoader collects it per worker
-for the checkpoint and hands it back on resume. A resumed run therefore sees
-exactly the batches an uninterrupted run would have seen, given the same
-recipe, world size and worker count.
+A worker's position (its batch count, each stream's cursor and shuffle
+buffer, the counts) is plain data: torchdata's StatefulDataLoader collects it
+per worker for the checkpoint and hands it back on resume. A resumed run
+therefore sees exactly the batches an uninterrupted run would have seen, given
+the same recipe, world size and worker count. On another topology no saved
+position fits; the trainer's ledger of consumed samples does
+(unimodal/data/ledger.py, `start_at`).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from unimodal.config import DatasetConfig, Recipe, expand_shards
 from unimodal.data.decode import BadSample, decode_example
+from unimodal.data.ledger import SampleLedger
 from unimodal.data.mix.board import MixBoard
 from unimodal.data.mix.policies import MixPolicy
-from unimodal.data.mix.sampler import cumulative, slot_sampler
+from unimodal.data.mix.sampler import cumulative, micro_sampler
 from unimodal.data.packing import fill_batch
-from unimodal.data.stream import ShardStream, stream_seed
+from unimodal.data.stream import ShardStream, epoch_order, stream_seed
 from unimodal.data.transport import pack, unpack
 from unimodal.data.worker_signals import serve_through_a_stop
 from unimodal.plugins import import_plugins
@@ -58,7 +63,9 @@ class MixedBatches(IterableDataset):
     """Endless batches of at most `batch_tokens` padded tokens, tasks mixed by weight.
 
     Besides tensors, each batch holds "meta": the samples' "dataset/key" names,
-    the epoch each was read in, and the skipped counts the batch's reading added.
+    the epoch each was read in, the skipped counts the batch's reading added, the
+    global addresses it consumed and shard ends it read (for the ledger), its global
+    micro-batch and the tasks it drew, in order.
     """
 
     def __init__(self, recipe: Recipe, rank: int, world: int, accumulation: int = 1, board: MixBoard | None = None):
@@ -66,7 +73,8 @@ class MixedBatches(IterableDataset):
         self.accumulation, self.board = accumulation, board
         self.datasets: list[DatasetConfig] = recipe.data.datasets
         self._restore: dict[str, Any] | None = None
-        self.first_epochs = [0] * len(self.datasets)  # where a fresh position's streams begin, per dataset
+        self.first = 0  # the rank's loader batch this position starts at
+        self.ledger: SampleLedger | None = None  # what a resume on another topology goes on from
         self.streams: list[ShardStream] | None = None
 
     def __iter__(self):
@@ -84,10 +92,11 @@ class MixedBatches(IterableDataset):
         self._restore = state or None
         self.streams = None
 
-    def start_at(self, epochs: list[int]) -> None:
-        """A fresh position whose stream of dataset d begins at `epochs[d]`: a resume on another topology,
-        where no saved position belongs to this worker (unimodal/train/elastic.py); before the workers start."""
-        self.first_epochs = list(epochs)
+    def start_at(self, step: int, ledger: SampleLedger) -> None:
+        """A fresh position at training step `step` after the samples `ledger` holds: a resume on another
+        topology, where no saved position belongs to this worker (unimodal/train/elastic.py); before the
+        workers start. Each `resample: false` stream first reads its share of what the open epochs left."""
+        self.first, self.ledger = step * self.accumulation, ledger
 
     def _start(self) -> None:
         info = get_worker_info()
@@ -98,29 +107,35 @@ class MixedBatches(IterableDataset):
         self.tokenizer = MultimodalTokenizer(self.recipe.tokenizer, self.datasets, seed)
         self.streams = []
         for d, ds in enumerate(self.datasets):
+            urls, stream_at = expand_shards(ds.shards), stream_seed(seed, d)
+            left, epoch = {}, 0
+            if self.ledger:
+                left, epoch = self.ledger.left(d, functools.partial(epoch_order, stream_at, len(urls)), slot, slots)
             stream = ShardStream(
-                expand_shards(ds.shards),
-                seed=stream_seed(seed, d),
+                urls,
+                seed=stream_at,
                 slot=slot,
                 slots=slots,
                 resample=ds.resample,
                 shuffle_buffer=self.recipe.data.shuffle_buffer,
                 on_broken=lambda err, d=d: self._skip(d, "broken shard", str(err)),
-                epoch=self.first_epochs[d],
+                epoch=epoch,
+                left=left,
             )
             self.streams.append(stream)
-        draws, self.batches, pending = 0, 0, []
+        self.batches, pending = 0, []
         self.read = [0] * len(self.datasets)
         self.skipped = [Counter() for _ in self.datasets]
         if self._restore:
-            draws, pending = int(self._restore["draws"]), self._restore["pending"]
+            pending, self.first = self._restore["pending"], int(self._restore.get("first", 0))
             self.batches = int(self._restore["batches"])
             self.read = [int(n) for n in self._restore["read"]]
             self.skipped = [Counter(c) for c in self._restore["skipped"]]
             for stream, state in zip(self.streams, self._restore["streams"]):
                 stream.load_state_dict(state)
         self.policy = MixPolicy(self.recipe, self.board)
-        self.sampler = slot_sampler(seed, self.rank, worker, draws)
+        self._drawn: list[int] = []  # the tasks drawn for the batch being built
+        self._gone: list[list[int]] = []  # addresses of the samples it skipped as broken
         # samples drawn that did not fit an earlier batch, first in line: (dataset, raw, tokens if made)
         self._pending: list[tuple[int, dict[str, Any], TokenSequence | None]] = []
         for d, coord in pending:
@@ -129,7 +144,7 @@ class MixedBatches(IterableDataset):
 
     def _snapshot(self) -> dict[str, Any]:
         return {
-            "draws": self.sampler.draws,
+            "first": self.first,
             "batches": self.batches,
             "streams": [s.state_dict() for s in self.streams],
             "read": list(self.read),
@@ -162,19 +177,23 @@ class MixedBatches(IterableDataset):
                     return d, raw, seq
             else:
                 d = self.sampler.draw(self._cum)
+                self._drawn.append(d)
                 raw = next(self.streams[d])
                 self.read[d] += 1
             try:
                 return d, raw, self.tokenizer(decode_example(raw, d, self.datasets[d], self.recipe.tokenizer))
             except BadSample as bad:
+                self._gone.append([d, *raw["__addr__"]])
                 self._skip(d, bad.reason, f"{raw['__url__']} key {raw['__key__']}: {bad}")
 
     def __next__(self) -> dict[str, Any]:
         if self.streams is None:
             self._start()
         skipped_before = [dict(c) for c in self.skipped]
-        step = (self.batches * self.workers + self.worker) // self.accumulation
-        self._cum = cumulative(self.policy.target(step))
+        batch_index = self.first + self.batches * self.workers + self.worker
+        micro = batch_index * self.world + self.rank  # the run's global micro-batch
+        self._cum = cumulative(self.policy.target(batch_index // self.accumulation))
+        self.sampler, self._drawn, self._gone = micro_sampler(self.recipe.seed, micro), [], []
         data = self.recipe.data
         # samples set aside join self._pending: a later batch opens with them; they are part of the position
         packer, items = fill_batch(self._next_sample, self._pending, data.batch_tokens, data.pack_length)
@@ -184,7 +203,13 @@ class MixedBatches(IterableDataset):
             "keys": [f"{self.datasets[d].name}/{raw['__key__']}" for d, raw, _ in items],
             "epochs": [raw["__epoch__"] for _, raw, _ in items],
             "skipped": skipped_between(self.datasets, skipped_before, self.skipped),
+            "addrs": [[d, *raw["__addr__"]] for d, raw, _ in items] + self._gone,
+            "ends": [[d, *end] for d, stream in enumerate(self.streams) for end in stream.ends],
+            "micro": micro,
+            "draws": self._drawn,
         }
+        for stream in self.streams:
+            stream.ends.clear()
         return pack(batch) if self.in_worker else batch  # TrainLoader unpacks it on the trainer's side
 
 

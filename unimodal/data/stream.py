@@ -17,6 +17,11 @@ unreadable) ends early with `BrokenShard`, and the stream moves on. Samples
 then pass a seeded shuffle buffer. The position (epoch, shard, offset, and the
 coordinates of the samples in the buffer with the buffer's RNG state) is plain
 data: restoring it re-reads only the shards the buffer spans, never the epoch.
+Each sample also carries its global address (epoch, shard index, offset), the
+same on any topology, and a `resample: false` stream notes each shard it reads
+to the end: the trainer's ledger of consumed samples (unimodal/data/ledger.py)
+is kept from these, and a resume on another topology hands each stream its
+share of the interrupted epochs (`left`), read before the next epoch starts.
 Nothing is decoded here: samples stay bytes until `decode_example`.
 """
 
@@ -30,6 +35,7 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys
 
+from unimodal.data.ledger import Left, Ranges, covers
 from unimodal.data.tar import tar_members
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,11 @@ def read_shard(url: str) -> Iterator[dict[str, Any]]:
             log.warning("closing %s: %r", url, err)
 
 
+def epoch_order(seed: int, shards: int, epoch: int) -> list[int]:
+    """A `resample: false` dataset's shards in `epoch`, as indices into its list: one permutation for the world."""
+    return np.random.default_rng([seed, epoch]).permutation(shards).tolist()
+
+
 Coord = tuple[int, int, int]  # (epoch, shard position in that epoch's order, sample offset in the shard)
 
 
@@ -92,6 +103,7 @@ class ShardStream:
         shuffle_buffer: int,
         on_broken: Callable[[BrokenShard], None],
         epoch: int = 0,
+        left: Left | None = None,
     ):
         if not resample and len(urls) < slots:
             raise ValueError(
@@ -100,26 +112,38 @@ class ShardStream:
             )
         self.urls, self.seed, self.slot, self.slots = urls, seed, slot, slots
         self.resample, self.size, self.on_broken = resample, shuffle_buffer, on_broken
-        self.epoch, self.shard, self.offset = epoch, 0, 0  # the cursor: where the next sample is read
+        # a resume on another topology (unimodal/data/ledger.py): epochs before `epoch` left to read on this slot
+        self.left = left or {}
+        self.fresh_from = epoch  # the first epoch read whole, in the order `order` gives
+        self.epoch, self.shard, self.offset = min(self.left, default=epoch), 0, 0  # the cursor: the next sample read
         self.buffer: list[tuple[Coord, dict[str, Any]]] = []
         self.rng = np.random.default_rng([seed, slot])  # the shuffle buffer's draws
+        self.ends: list[tuple[int, int, int]] = []  # (epoch, shard index, samples) of each shard read to its end
         self._reader: Iterator[dict[str, Any]] | None = None
-        self._order: tuple[int, list[str]] = (-1, [])
+        self._order: tuple[int, list[int]] = (-1, [])
         self._empty_shards = 0
 
-    def order(self, epoch: int) -> list[str]:
-        """This slot's shards for `epoch`, in reading order."""
+    def order(self, epoch: int) -> list[int]:
+        """The shards (indices into `urls`) this slot draws in `epoch` with `resample`, else the epoch's global order."""
         n = len(self.urls)
         if self.resample:
-            picks = np.random.default_rng([self.seed, self.slot, epoch]).integers(n, size=n)
-            return [self.urls[i] for i in picks]
-        perm = np.random.default_rng([self.seed, epoch]).permutation(n)
-        return [self.urls[i] for i in perm[self.slot :: self.slots]]
+            return np.random.default_rng([self.seed, self.slot, epoch]).integers(n, size=n).tolist()
+        return epoch_order(self.seed, n, epoch)
 
-    def _epoch_order(self) -> list[str]:
+    def shards(self, epoch: int) -> list[int]:
+        """This slot's shards for `epoch`, in reading order."""
+        if epoch < self.fresh_from:
+            return [u for u, _ in self.left.get(epoch, [])]
+        return self.order(epoch) if self.resample else self.order(epoch)[self.slot :: self.slots]
+
+    def _epoch_order(self) -> list[int]:
         if self._order[0] != self.epoch:
-            self._order = (self.epoch, self.order(self.epoch))
+            self._order = (self.epoch, self.shards(self.epoch))
         return self._order[1]
+
+    def _taken(self) -> Ranges:
+        """The offsets of the shard being read that were consumed before a resume on another topology."""
+        return self.left[self.epoch][self.shard][1] if self.epoch < self.fresh_from else []
 
     def _read(self) -> tuple[Coord, dict[str, Any]]:
         """The next raw sample in shard order, with its coordinates."""
@@ -129,7 +153,7 @@ class ShardStream:
                 if self.shard >= len(shards):
                     self.epoch, self.shard, self.offset = self.epoch + 1, 0, 0
                     continue
-                self._reader = read_shard(shards[self.shard])
+                self._reader = read_shard(self.urls[shards[self.shard]])
                 for _ in range(self.offset):  # resuming inside a shard
                     next(self._reader)
             try:
@@ -137,6 +161,8 @@ class ShardStream:
             except (StopIteration, BrokenShard) as end:
                 if isinstance(end, BrokenShard):
                     self.on_broken(end)
+                if not self.resample:
+                    self.ends.append((self.epoch, self._epoch_order()[self.shard], self.offset))
                 self._empty_shards = self._empty_shards + 1 if self.offset == 0 else 0
                 if self._empty_shards > 2 * len(self.urls):
                     raise BrokenShard(self.urls[0], f"no sample in {self._empty_shards} shards in a row") from None
@@ -144,7 +170,8 @@ class ShardStream:
                 continue
             coord = (self.epoch, self.shard, self.offset)
             self.offset += 1
-            return coord, self._tag(sample, coord)
+            if not covers(self._taken(), coord[2]):
+                return coord, self._tag(sample, coord, self._epoch_order()[self.shard])
 
     def __iter__(self) -> ShardStream:
         return self
@@ -167,11 +194,16 @@ class ShardStream:
             "offset": self.offset,
             "buffer": [list(coord) for coord, _ in self.buffer],
             "rng": self.rng.bit_generator.state,
+            "left": [[e, u, took] for e, shards in self.left.items() for u, took in shards],
+            "fresh_from": self.fresh_from,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Return to `state`, re-reading the buffered samples from the shards they came from."""
         self.epoch, self.shard, self.offset = int(state["epoch"]), int(state["shard"]), int(state["offset"])
+        self.left, self.fresh_from = {}, int(state.get("fresh_from", 0))
+        for e, u, took in state.get("left", []):
+            self.left.setdefault(int(e), []).append((int(u), [list(r) for r in took]))
         self.rng.bit_generator.state = state["rng"]
         self._reader, self._order = None, (-1, [])
         coords = [tuple(int(x) for x in c) for c in state["buffer"]]
@@ -185,10 +217,11 @@ class ShardStream:
             wanted.setdefault((epoch, shard), set()).add(offset)
         found: dict[Coord, dict[str, Any]] = {}
         for (epoch, shard), offsets in wanted.items():
-            url = self.order(epoch)[shard]
+            u = self.shards(epoch)[shard]
+            url = self.urls[u]
             for offset, sample in enumerate(read_shard(url)):
                 if offset in offsets:
-                    found[(epoch, shard, offset)] = self._tag(sample, (epoch, shard, offset))
+                    found[(epoch, shard, offset)] = self._tag(sample, (epoch, shard, offset), u)
                 if offset == max(offsets):
                     break
             if not all((epoch, shard, o) in found for o in offsets):
@@ -196,8 +229,9 @@ class ShardStream:
         return found
 
     @staticmethod
-    def _tag(sample: dict[str, Any], coord: Coord) -> dict[str, Any]:
-        sample["__epoch__"], sample["__coord__"] = coord[0], coord
+    def _tag(sample: dict[str, Any], coord: Coord, u: int) -> dict[str, Any]:
+        """The sample's coordinates on this slot, and its global address (epoch, index `u` of its shard, offset)."""
+        sample["__epoch__"], sample["__coord__"], sample["__addr__"] = coord[0], coord, (coord[0], u, coord[2])
         return sample
 
 

@@ -11,6 +11,8 @@ a checkpoint and returns None. The trainer's stateful parts (loader position,
 data counts, balancer, metrics window, random state) are handed by name to the
 `Checkpointer` (unimodal/train/state.py), which saves them with the engine in
 every checkpoint: a resumed run logs, on CPU, exactly the uninterrupted run's losses.
+The ledger of consumed samples (unimodal/data/ledger.py) is the data position
+that outlives a change of topology (unimodal/train/elastic.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.distributed as dist
 import yaml
 
 from unimodal.config import Recipe
+from unimodal.data.ledger import SampleLedger
 from unimodal.data.loader import build_train_loader
 from unimodal.data.mix.balancer import Balancer
 from unimodal.model import UnifiedModel, count_parameters
@@ -97,7 +100,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
     # resume: the engine and the step first, then each stateful part in its turn
     checkpoints = Checkpointer(engine, ckpt_dir, recipe.train.keep_checkpoints, topology(run, world, reshape.asked))
     step, guard.skipped = checkpoints.load(reshape.universal, reshape.reshard) if resuming else (0, 0)
-    counts = DataCounts(recipe)
+    counts, ledger = DataCounts(recipe), SampleLedger(recipe.data.datasets)
     balancer = Balancer(recipe, loader.dataset.board, step, all_reduce_sum, device)
     if rank == 0:
         remove_partial(ckpt_dir)
@@ -113,12 +116,14 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
         if reshape.note:
             print(f"[unimodal] {recipe.name}: {reshape.note}", flush=True)
     logger = MetricsLogger(recipe, step, enabled=rank == 0)
-    sample_log = SampleLog(out_dir, rank, step, recipe.logging.sample_log)
+    sample_log = SampleLog(out_dir, rank, world, step, recipe.logging.sample_log)
     window = Window(len(names), device)
-    checkpoints.track({"loader": loader, "data": counts, "balance": balancer, "window": window, "rng": RNGState()})
-    checkpoints.restore("loader", "data", "balance")  # the workers' positions and the mixes in force: before they start
-    if reshape.reshard:  # no saved position fits these workers: each dataset goes on at its next epoch
-        loader.dataset.start_at(counts.next_epochs())
+    parts = {"loader": loader, "data": counts, "ledger": ledger, "balance": balancer, "window": window}
+    checkpoints.track(parts | {"rng": RNGState()})
+    # the workers' positions and the mixes in force: before they start
+    checkpoints.restore("loader", "data", "ledger", "balance")
+    if reshape.reshard:  # no saved position fits these workers: they go on after the samples consumed
+        loader.dataset.start_at(step, ledger)
     batches = iter(loader)  # draws the workers' seeds from torch's generator: before its state is restored
     checkpoints.restore("window", "rng")
 
@@ -132,6 +137,7 @@ def train(recipe: Recipe, resume: bool = True) -> dict | None:
             host = next(batches)
             meta = host.pop("meta")
             counts.add(meta)
+            ledger.add(meta)
             batch = feed(host)
             wait = time.perf_counter() - t0
             out = engine(batch)

@@ -1,14 +1,14 @@
 """The trainer's resumable state: DeepSpeed's engine, the step, and each rank's named stateful parts.
 
 The trainer hands its stateful parts to a `Checkpointer` once, by name, as a
-dict (the loader's position, the data counts, the balancer, the metrics window,
-the random generators). A part is anything with `state_dict()` and
+dict (the loader's position, the data counts, the ledger of consumed samples,
+the balancer, the metrics window, the random generators). A part is anything with `state_dict()` and
 `load_state_dict(state)`, as torch's modules and StatefulDataLoader have.
 The engine's state (model, optimiser, scheduler) goes through DeepSpeed's
 checkpoint (unimodal/train/checkpoint.py); ours rides in its `client_state`,
 which DeepSpeed writes from rank 0 only, so a save gathers every rank's parts:
 
-    {"step": 8, "skipped_nonfinite": 0, "ranks": [{"loader": ..., "data": ..., ...}, ...]}
+    {"step": 8, "skipped_nonfinite": 0, "ranks": [{"loader": ..., "data": ..., "ledger": ..., ...}, ...]}
 
 A resume loads the engine and reads the step first (`load`), then hands each
 part its state when its turn comes (`restore`): some before the loader's
@@ -75,6 +75,8 @@ class Checkpointer:
         rank = dist.get_rank()
         for name in names:
             part = self.parts[name]
+            if name not in self.saved[0]:  # a part added since the checkpoint was written: it starts afresh
+                continue
             if not self.reshard:
                 part.load_state_dict(self.saved[rank][name])
             elif hasattr(part, "reshard"):

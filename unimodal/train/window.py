@@ -99,38 +99,25 @@ class DataCounts:
         self.names = [d.name for d in recipe.data.datasets]
         self.sizes = {d.name: sum(shard_samples(expand_shards(d.shards)) or [0]) for d in recipe.data.datasets}
         self.seen, self.skipped = Counter(), Counter()
-        self.epoch: dict[str, int] = {}  # per dataset: the latest epoch a trained sample came from
 
     def add(self, meta: dict) -> None:
-        names = [key.split("/", 1)[0] for key in meta["keys"]]
-        self.seen.update(names)
+        self.seen.update(key.split("/", 1)[0] for key in meta["keys"])
         self.skipped.update(meta["skipped"])
-        for name, epoch in zip(names, meta["epochs"]):
-            self.epoch[name] = max(self.epoch.get(name, 0), epoch)
 
     def state_dict(self) -> dict:
-        return {"seen": dict(self.seen), "skipped": dict(self.skipped), "epoch": dict(self.epoch)}
+        return {"seen": dict(self.seen), "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state: dict) -> None:
         self.seen, self.skipped = Counter(state["seen"]), Counter(state["skipped"])
-        self.epoch = dict(state.get("epoch", {}))  # absent in checkpoints written before it was kept
 
     @staticmethod
     def reshard(states: list[dict], rank: int) -> dict:
-        """Saved on another topology: rank 0 holds the saved ranks' counts, every rank the latest epochs read."""
-        seen, skipped, epoch = Counter(), Counter(), {}
+        """Saved on another topology: rank 0 holds the saved ranks' counts, the others none."""
+        seen, skipped = Counter(), Counter()
         for state in states:
             seen.update(state["seen"])
             skipped.update(state["skipped"])
-            for name, e in state.get("epoch", {}).items():
-                epoch[name] = max(epoch.get(name, 0), e)
-        if rank:
-            seen, skipped = Counter(), Counter()
-        return {"seen": dict(seen), "skipped": dict(skipped), "epoch": epoch}
-
-    def next_epochs(self) -> list[int]:
-        """Per dataset, the epoch after the latest any sample trained on came from (the first, if none did)."""
-        return [self.epoch[n] + 1 if n in self.epoch else 0 for n in self.names]
+        return {"seen": dict(seen) if rank == 0 else {}, "skipped": dict(skipped) if rank == 0 else {}}
 
     def record(self) -> dict:
         """Totals over all ranks: epochs per dataset (where index.json gives its size), skips."""

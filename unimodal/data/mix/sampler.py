@@ -5,9 +5,15 @@ probabilities: a golden-ratio Weyl sequence, the most evenly spread sequence
 of its kind. Independent uniform draws would miss a share of 0.3 by about
 0.0035 (one standard deviation) over 20,000 samples; this sequence misses by
 O(log n / n), so each batch, and every window of the logs, holds close to the
-target mix. u_0 comes from the seed, so the draw is a pure function of (seed,
-rank, worker, draw index, target): the sampler's whole state is its draw
-count, and a resumed run draws exactly the tasks an uninterrupted one would.
+target mix.
+
+The draws are keyed by the global micro-batch, not by the loader worker: the
+k-th draw of micro-batch J (J = step x ranks x accumulation + micro-step x
+ranks + rank: the same numbering on any topology with the same global batch)
+is draw J x STRIDE + k of one sequence whose u_0 comes from the seed. So a
+micro-batch's tasks are a pure function of (seed, J, k, target): a resumed
+run draws the tasks an uninterrupted one would, on the same topology or on
+another (how many draws a batch takes depends on its samples' sizes).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class TaskSampler:
         return int(np.searchsorted(cum, u, side="right"))
 
 
-def slot_sampler(seed: int, rank: int, worker: int, draws: int = 0) -> TaskSampler:
-    """The sampler of one loader worker: each (rank, worker) starts its sequence elsewhere."""
-    return TaskSampler(stream_seed(seed, rank, worker, 1 << 20), draws)
+STRIDE = 1 << 20  # draws set aside for each micro-batch: far more than one ever takes
+
+
+def micro_sampler(seed: int, micro: int) -> TaskSampler:
+    """The sampler of global micro-batch `micro`: its draws are `micro * STRIDE` onwards in the run's sequence."""
+    return TaskSampler(stream_seed(seed, 1 << 20), micro * STRIDE)
