@@ -8,7 +8,8 @@ Followed through a run, one module per idea:
     policies.py            the target mix at each step: weights or sizes at a temperature, the loss-aware
                            update, times the schedule's factors (`MixPolicy`)
     board.py               loss-aware mixes passed from the trainer to its loader workers (`MixBoard`)
-    sampler.py             the golden-ratio slot sampler each loader worker draws tasks with
+    sampler.py             the golden-ratio sampler, keyed by the run's global micro-batch, that loader
+                           workers draw tasks with
     balancer.py            the trainer's side: cross-rank loss sums, mix updates, the mix in the logs
 
 The loader (unimodal/data/loader.py) draws with `sampler` from `policies`' target, read through the
