@@ -17,7 +17,8 @@ from conftest import SMOKE, unimodal
 from PIL import Image
 
 from unimodal.data.index import write_index
-from unimodal.data.loader import TooManyBadSamples, build_train_loader
+from unimodal.data.ledger import SampleLedger
+from unimodal.data.loader import MixedBatches, TooManyBadSamples, build_train_loader
 from unimodal.data.stream import ShardStream
 from unimodal.recipe import load_recipe
 
@@ -104,6 +105,33 @@ def test_stop_and_resume_mid_epoch_neither_repeats_nor_skips(in_workspace, tmp_p
     assert before + after == uninterrupted
     epoch0 = Counter(k.split("/", 1)[1] for m in before + after for k, e in zip(m["keys"], m["epochs"]) if e == 0)
     assert sorted(epoch0) == sorted(keys) and set(epoch0.values()) == {1}
+
+
+def test_after_a_topology_change_the_rest_of_the_epoch_comes_once_and_resumes_exactly(in_workspace, tmp_path):
+    """4 loader slots consume part of epoch 0 (a broken sample among it), then 1 slot takes over from the
+    ledger: the epoch's samples come once each, and a same-topology resume inside the leftovers is exact."""
+    keys = write_shards(tmp_path / "shards", "img", corrupt={"img-3-1"}, per_shard=6)
+    path = image_recipe(
+        tmp_path, [{"shards": str(tmp_path / "shards/img-{000000..000007}.tar"), "resample": False}], workers=0
+    )
+    recipe = load_recipe(path)
+    ledger, metas = SampleLedger(recipe.data.datasets), []
+    for rank in range(4):  # 4 ranks x 0 workers: 4 slots, a batch each (of an epoch's ~10)
+        metas.append(next(MixedBatches(recipe, rank, world=4))["meta"])
+        ledger.add(metas[-1])
+    assert sum(len(m["addrs"]) - len(m["keys"]) for m in metas) == 1  # the broken sample, consumed
+
+    alone = MixedBatches(recipe, 0, world=1, accumulation=4)  # the global batch kept: 4 micro-batches a step
+    alone.start_at(1, ledger)
+    metas += [next(alone)["meta"] for _ in range(2)]
+    state = alone.state_dict()  # a resume on this same topology, while the leftovers are being read
+    rest = [next(alone)["meta"] for _ in range(12)]
+    again = MixedBatches(recipe, 0, world=1, accumulation=4)
+    again.load_state_dict(state)
+    assert [next(again)["meta"] for _ in range(12)] == rest
+    epoch0 = Counter(k.split("/", 1)[1] for m in metas + rest for k, e in zip(m["keys"], m["epochs"]) if e == 0)
+    assert sorted(epoch0) == sorted(set(keys) - {"img-3-1"}) and set(epoch0.values()) == {1}
+    assert [m["micro"] for m in metas[-2:] + rest] == list(range(4, 18))  # step 1 on: micro-batches 4, 5, ...
 
 
 def test_pipe_urls_stream_like_local_paths(in_workspace, tmp_path):
