@@ -211,3 +211,7 @@ def test_a_run_killed_and_resumed_on_other_topologies_trains_each_sample_of_the_
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     assert len(losses) == EXACT_STEPS and np.mean(losses[-4:]) < np.mean(losses[:4])
     assert adam_steps(out / "checkpoints" / tag(EXACT_STEPS)) == {float(EXACT_STEPS)}  # loaded, never reset
+    with weights_only_loads():
+        saved = torch.load(out / "checkpoints" / tag(EXACT_STEPS) / "mp_rank_00_model_states.pt", map_location="cpu")
+    ledger = saved["shared"]["ledger"]  # one for the job, united at each save: epochs consumed whole are closed
+    assert all(0 in ledger["closed"][name] and 0 not in ledger["open"][name] for name in PER_SHARD), ledger

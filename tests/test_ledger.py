@@ -52,8 +52,8 @@ def test_ledgers_of_several_ranks_merge_into_their_union_whatever_the_order():
     one, two = ledger(), ledger()
     one.add({"addrs": [[0, 0, 0, 0], [0, 0, 1, 0]], "ends": [[0, 0, 0, 1]]})
     two.add({"addrs": [[0, 0, 1, 1], [0, 0, 2, 0], [0, 1, 0, 3]], "ends": [[0, 0, 1, 2], [0, 0, 2, 1]]})
-    merged = ledger().reshard([one.state_dict(), two.state_dict()], rank=1)
+    merged = ledger().unite([one.state_dict(), two.state_dict()])
     assert merged["open"]["exact"] == {1: {0: {"took": [[3, 4]], "size": None}}}  # epoch 0 closed by the union
     assert merged["closed"]["exact"] == [0] and merged["next"]["exact"] == 2
-    again = ledger().reshard([merged, one.state_dict(), two.state_dict()], rank=0)
+    again = ledger().unite([merged, one.state_dict(), two.state_dict()])
     assert again == merged  # nothing counts twice

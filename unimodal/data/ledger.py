@@ -8,7 +8,9 @@ it consumed (trained, or skipped as broken) in its meta, and the shards its
 reading came to the end of, with their sample counts. The trainer enters
 both here, micro-batch by micro-batch, and the ledger is a stateful part of
 every checkpoint (unimodal/train/state.py), so at a checkpoint it holds
-exactly what the run has consumed:
+exactly what the run has consumed. It is one state for the whole job: at each
+checkpoint the ranks' ledgers are united (`unite`), each rank goes on from the
+union, and only the epochs not yet consumed whole keep their shards' offsets:
 
     per dataset: "next"    the epoch after the latest any consumed sample came from;
                  "closed"  the epochs consumed whole;
@@ -17,8 +19,7 @@ exactly what the run has consumed:
                            shard's size once a reader came to its end
 
 An epoch is closed (its shards dropped) once every shard's size is known and
-its offsets are all consumed. A run resumed on another topology merges every
-saved rank's ledger and deals what the unclosed epochs before "next" have left
+its offsets are all consumed. A run resumed on another topology deals what the unclosed epochs before "next" have left
 of each `resample: false` dataset, shard by shard in the epoch's shard order,
 round-robin to the new ranks x workers (`left`); each reader skips the
 consumed offsets of its shards, and every stream then goes on at "next".
@@ -143,9 +144,9 @@ class SampleLedger:
                     for e, shards in epochs.items()
                 }
 
-    def reshard(self, states: list[dict[str, Any]], rank: int) -> dict[str, Any]:
-        """Saved on another topology: every rank gets the union of the saved ranks' ledgers (a union again
-        when merged later, so nothing counts twice)."""
+    def unite(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The union of several ranks' ledgers, epochs consumed whole closed: what the whole job consumed.
+        The union of a union and its parts is the union again, so nothing counts twice."""
         merged = SampleLedger.__new__(SampleLedger)
         merged.names, merged.shards, merged.exact = self.names, self.shards, self.exact
         merged.load_state_dict({"next": {}, "closed": {}, "open": {}})

@@ -6,9 +6,13 @@ the balancer, the metrics window, the random generators). A part is anything wit
 `load_state_dict(state)`, as torch's modules and StatefulDataLoader have.
 The engine's state (model, optimiser, scheduler) goes through DeepSpeed's
 checkpoint (unimodal/train/checkpoint.py); ours rides in its `client_state`,
-which DeepSpeed writes from rank 0 only, so a save gathers every rank's parts:
+which DeepSpeed writes from rank 0 only, so a save gathers every rank's parts.
+A part that has a `unite(states)` is one state for the whole job (the ledger
+of consumed samples): at each save the ranks' states are united, every rank
+goes on from the union, and the checkpoint holds it once:
 
-    {"step": 8, "skipped_nonfinite": 0, "ranks": [{"loader": ..., "data": ..., "ledger": ..., ...}, ...]}
+    {"step": 8, "skipped_nonfinite": 0, "shared": {"ledger": ...},
+     "ranks": [{"loader": ..., "data": ..., ...}, ...]}
 
 A resume loads the engine and reads the step first (`load`), then hands each
 part its state when its turn comes (`restore`): some before the loader's
@@ -18,7 +22,8 @@ A checkpoint written on another world size or number of loader workers
 (unimodal/train/elastic.py) has no state for this rank as such: a part that
 can be dealt anew has a `reshard(states, rank)` that makes this rank's state
 from every saved rank's (sums go to rank 0, what all ranks share to each);
-one without it (the loader's positions, the random state) starts afresh.
+one without it (the loader's positions, the random state) starts afresh. A
+shared part gets the shared state on any topology.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Checkpointer:
         self.engine, self.dir, self.keep, self.topology = engine, ckpt_dir, keep, topology
         self.parts: dict[str, Stateful] = {}
         self.saved: list[dict[str, Any]] | None = None  # every rank's parts in the checkpoint loaded
+        self.shared: dict[str, Any] = {}  # the job's shared parts in it
         self.reshard = False  # the checkpoint was written on another world size or number of workers
 
     def load(self, universal: str | None = None, reshard: bool = False) -> tuple[int, int]:
@@ -61,7 +67,7 @@ class Checkpointer:
         saved_by, world = len(client_state["ranks"]), dist.get_world_size()
         if saved_by != world and not reshard:
             raise ValueError(f"{self.dir}: saved by {saved_by} ranks, resumed on {world}")
-        self.saved, self.reshard = client_state["ranks"], reshard
+        self.saved, self.shared, self.reshard = client_state["ranks"], client_state.get("shared", {}), reshard
         return int(client_state["step"]), int(client_state["skipped_nonfinite"])
 
     def track(self, parts: dict[str, Stateful]) -> None:
@@ -75,9 +81,11 @@ class Checkpointer:
         rank = dist.get_rank()
         for name in names:
             part = self.parts[name]
-            if name not in self.saved[0]:  # a part added since the checkpoint was written: it starts afresh
+            if name in self.shared:
+                part.load_state_dict(self.shared[name])
+            elif name not in self.saved[0]:  # a part added since the checkpoint was written: it starts afresh
                 continue
-            if not self.reshard:
+            elif not self.reshard:
                 part.load_state_dict(self.saved[rank][name])
             elif hasattr(part, "reshard"):
                 part.load_state_dict(part.reshard([r[name] for r in self.saved], rank))
@@ -86,5 +94,10 @@ class Checkpointer:
         """Checkpoint step `step` (all ranks call this)."""
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, {name: part.state_dict() for name, part in self.parts.items()})
-        client_state = {"step": step, "skipped_nonfinite": skipped_nonfinite, "ranks": ranks}
+        shared = {}
+        for name, part in self.parts.items():
+            if hasattr(part, "unite"):
+                shared[name] = part.unite([r.pop(name) for r in ranks])
+                part.load_state_dict(shared[name])
+        client_state = {"step": step, "skipped_nonfinite": skipped_nonfinite, "shared": shared, "ranks": ranks}
         save_checkpoint(self.engine, self.dir, step, client_state, self.keep, self.topology)
