@@ -22,8 +22,8 @@ before any rank starts and again on rank 0:
   that asks for another accumulation than the stopped run's recipe did
   (`--set deepspeed.gradient_accumulation_steps=K`) gets it as given.
 - world size or workers differ: the trainer's per-rank parts are dealt to the
-  new ranks (`reshard`, unimodal/train/state.py); the ledger of consumed
-  samples, merged, tells each new loader worker its share of what the
+  new ranks (`reshard`, unimodal/train/state.py); the job's ledger of
+  consumed samples tells each new loader worker its share of what the
   interrupted epochs have left (unimodal/data/ledger.py), and task draws,
   keyed by the global micro-batch, go on with the same sequence. The same
   topology resumes exactly as before, bit for bit.
