@@ -28,12 +28,14 @@ from test_loader import image_recipe, write_shards
 from test_resume import wait_for
 
 from unimodal.config import RecipeError
+from unimodal.data.ledger import SampleLedger
 from unimodal.data.loader import build_train_loader
 from unimodal.recipe import load_recipe
 from unimodal.train import launch
 from unimodal.train.checkpoint import PARTIAL, TOPOLOGY, tag, weights_only_loads
 from unimodal.train.elastic import UNIVERSAL, plan, topology
 from unimodal.train.lock import LOCK
+from unimodal.train.state import Checkpointer
 
 SETS = ["train.checkpoint_every=2", "logging.every=1", "data.workers=0", "logging.wandb.mode=disabled"]
 
@@ -215,3 +217,14 @@ def test_a_run_killed_and_resumed_on_other_topologies_trains_each_sample_of_the_
         saved = torch.load(out / "checkpoints" / tag(EXACT_STEPS) / "mp_rank_00_model_states.pt", map_location="cpu")
     ledger = saved["shared"]["ledger"]  # one for the job, united at each save: epochs consumed whole are closed
     assert all(0 in ledger["closed"][name] and 0 not in ledger["open"][name] for name in PER_SHARD), ledger
+
+
+def test_a_checkpoint_from_before_the_ledger_resumes_on_its_own_topology_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    checkpoints = Checkpointer(None, tmp_path, keep=1, topology={})
+    checkpoints.track({"ledger": SampleLedger([])})
+    checkpoints.saved, checkpoints.reshard = [{"loader": {}}], False  # what `load` finds in such a checkpoint
+    checkpoints.restore("ledger")  # the same topology: the loader's positions are exact, the ledger starts afresh
+    checkpoints.reshard = True
+    with pytest.raises(ValueError, match=r"no 'ledger' state .* resume it on the topology that wrote it"):
+        checkpoints.restore("ledger")

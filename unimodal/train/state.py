@@ -83,8 +83,13 @@ class Checkpointer:
             part = self.parts[name]
             if name in self.shared:
                 part.load_state_dict(self.shared[name])
-            elif name not in self.saved[0]:  # a part added since the checkpoint was written: it starts afresh
-                continue
+            elif name not in self.saved[0]:  # a part added since the checkpoint was written
+                if self.reshard:  # its state is what this topology would go on from
+                    raise ValueError(
+                        f"{self.dir}: the checkpoint has no {name!r} state (written by an older unimodal), which a "
+                        f"resume on another world size or data.workers needs; resume it on the topology that wrote it"
+                    )
+                continue  # on the same topology it starts afresh
             elif not self.reshard:
                 part.load_state_dict(self.saved[rank][name])
             elif hasattr(part, "reshard"):
