@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -132,6 +133,38 @@ def test_after_a_topology_change_the_rest_of_the_epoch_comes_once_and_resumes_ex
     epoch0 = Counter(k.split("/", 1)[1] for m in metas + rest for k, e in zip(m["keys"], m["epochs"]) if e == 0)
     assert sorted(epoch0) == sorted(set(keys) - {"img-3-1"}) and set(epoch0.values()) == {1}
     assert [m["micro"] for m in metas[-2:] + rest] == list(range(4, 18))  # step 1 on: micro-batches 4, 5, ...
+
+
+@pytest.mark.parametrize("seed", [0, 1, 6])
+def test_every_epoch_stays_exactly_once_over_many_topology_changes(in_workspace, tmp_path, seed):
+    """40 steps of 4 micro-batches on 1, 2 or 4 loader slots, the topology drawn anew every 1-8 steps, each
+    change resuming from the ledger as the trainer does: no sample twice in an epoch, none of the first two
+    epochs left out, and every global micro-batch once."""
+    rnd = random.Random(seed)
+    keys = {name: write_shards(tmp_path / name, name, per_shard=n) for name, n in (("a", 7), ("b", 4))}
+    datasets = [
+        {"name": n, "shards": str(tmp_path / n / f"{n}-{{000000..000007}}.tar"), "resample": False} for n in keys
+    ]
+    recipe = load_recipe(image_recipe(tmp_path, datasets, workers=0, shuffle_buffer=rnd.choice([0, 2, 5])))
+    ledger, metas, step, topologies = SampleLedger(recipe.data.datasets), [], 0, []
+    while step < 40:
+        world, steps = rnd.choice([1, 2, 4]), rnd.randint(1, 8)
+        slots = [MixedBatches(recipe, r, world, accumulation=4 // world) for r in range(world)]
+        for batches in slots if step else []:
+            batches.start_at(step, ledger)
+        for _ in range(steps * 4 // world):
+            for batches in slots:
+                metas.append(next(batches)["meta"])
+                ledger.add(metas[-1])
+        ledger.load_state_dict(ledger.unite([ledger.state_dict()]))  # a checkpoint
+        step, topologies = step + steps, [*topologies, world]
+    assert len(set(topologies)) > 1, topologies
+    trained = Counter((k, e) for m in metas for k, e in zip(m["keys"], m["epochs"]))
+    assert max(trained.values()) == 1
+    for name in keys:
+        for epoch in (0, 1):
+            assert {k.split("/", 1)[1] for k, e in trained if e == epoch and k.startswith(name)} == set(keys[name])
+    assert sorted(m["micro"] for m in metas) == list(range(4 * step))
 
 
 def test_pipe_urls_stream_like_local_paths(in_workspace, tmp_path):

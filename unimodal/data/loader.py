@@ -23,6 +23,7 @@ position fits; the trainer's ledger of consumed samples does
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections import Counter
@@ -96,7 +97,7 @@ class MixedBatches(IterableDataset):
         """A fresh position at training step `step` after the samples `ledger` holds: a resume on another
         topology, where no saved position belongs to this worker (unimodal/train/elastic.py); before the
         workers start. Each `resample: false` stream first reads its share of what the open epochs left."""
-        self.first, self.ledger = step * self.accumulation, ledger
+        self.first, self.ledger = step * self.accumulation, copy.deepcopy(ledger)  # as it is now: the trainer adds on
 
     def _start(self) -> None:
         info = get_worker_info()
