@@ -31,7 +31,10 @@ def test_multitask_same_samples_is_fewer_steps(multitask):
 def test_curriculum_keys(workspace):
     result = last_json("curriculum.py", workspace, "--steps", "4")
     assert result["seeds"] == [0]
-    for arm in ("curriculum", "all_at_once"):
+    assert result["same_mix_weights"] == pytest.approx(  # 2 + 2 steps: stage 1's 1:1 then stage 2's 1:1:2:2
+        {"digit-captions": 1 / 3, "number-words": 1 / 3, "spoken-digits": 1 / 6, "moving-digits": 1 / 6}
+    )
+    for arm in ("curriculum", "all_at_once", "same_mix"):
         assert 0 <= result[f"{arm}_mean"] <= 1 and set(result[arm]) == {"0"}
         assert set(result[f"{arm}_per_modality"]) == {"image", "text", "audio", "video"}
 
