@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,15 +112,21 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_curriculum_stopped_in_stage_2_resumes_there(run_a, root, workspace):
-    stage1, a, b = root / "out" / "stage1", root / "out" / "a" / "stage2", root / "out" / "b" / "stage2"
-    weights1 = sha256(stage1 / "model.safetensors")
-    # what a run stopped just after stage 2's first checkpoint leaves behind
-    shutil.copytree(a, b)
-    shutil.rmtree(b / "checkpoints" / f"step{S2:08d}")
-    (b / "checkpoints" / "latest").write_text(f"step{EVERY:08d}")
+def stopped_in_stage_2(run_a, root, run: str) -> Path:
+    """Stage 2 of curriculum `run` as a run stopped just after stage 2's first checkpoint leaves it."""
+    stopped = root / "out" / run / "stage2"
+    shutil.copytree(root / "out" / "a" / "stage2", stopped)
+    shutil.rmtree(stopped / "checkpoints" / f"step{S2:08d}")
+    (stopped / "checkpoints" / "latest").write_text(f"step{EVERY:08d}")
     for name in ("done.json", "model.safetensors", "config.json"):
-        (b / name).unlink()
+        (stopped / name).unlink()
+    return stopped
+
+
+def test_a_curriculum_stopped_in_stage_2_resumes_there(run_a, root, workspace):
+    stage1, a = root / "out" / "stage1", root / "out" / "a" / "stage2"
+    weights1 = sha256(stage1 / "model.safetensors")
+    b = stopped_in_stage_2(run_a, root, "b")
     result = unimodal("curriculum", str(root / "b.yaml"), "--nproc", "2", cwd=workspace)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "stage 1/2 test-stage1 already done, skipped" in result.stdout
@@ -130,6 +137,15 @@ def test_a_curriculum_stopped_in_stage_2_resumes_there(run_a, root, workspace):
     assert [r["loss"] for r in records(b)] == [r["loss"] for r in records(a)]  # bit-exact on CPU
     assert sha256(stage1 / "model.safetensors") == weights1
     assert sha256(b / "model.safetensors") == sha256(a / "model.safetensors")
+
+
+def test_a_stopped_stage_goes_on_on_another_world_size_that_keeps_its_global_batch(run_a, root, in_workspace):
+    stopped_in_stage_2(run_a, root, "e")
+    write_stage(root / "stage2e.yaml", root / "out" / "e" / "stage2", **stage2_fields())
+    write_curriculum(root / "e.yaml", root / "stage1.yaml", root / "stage2e.yaml")
+    load_curriculum(root / "e.yaml", nproc=1)  # 2 ranks x 1 -> 1 rank x 2: `unimodal curriculum --nproc 1` goes on
+    with pytest.raises(RecipeError, match=r"stage2e\.yaml: deepspeed\.gradient_accumulation_steps: .* over 3 ranks"):
+        load_curriculum(root / "e.yaml", nproc=3)  # refused before the first stage starts
 
 
 def test_carry_optimizer_refuses_another_world_size_before_launch(run_a, root, workspace, monkeypatch, capsys):
