@@ -19,16 +19,18 @@ union, and only the epochs not yet consumed whole keep their shards' offsets:
                            shard's size once a reader came to its end
 
 An epoch is closed (its shards dropped) once every shard's size is known and
-its offsets are all consumed. A run resumed on another topology deals what the unclosed epochs before "next" have left
-of each `resample: false` dataset, shard by shard in the epoch's shard order,
-round-robin to the new ranks x workers (`left`); each reader skips the
-consumed offsets of its shards, and every stream then goes on at "next".
+its offsets are all consumed. A run resumed on another topology deals what
+the unclosed epochs before "next" have left of each `resample: false`
+dataset, shard by shard in the epoch's shard order, round-robin to the new
+ranks x workers (`left`); each reader skips the consumed offsets of its
+shards, and every stream then goes on at "next".
 So the samples of an interrupted epoch are each trained once, whatever the
 topology before and after; their order is the new topology's.
 """
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
@@ -147,8 +149,7 @@ class SampleLedger:
     def unite(self, states: list[dict[str, Any]]) -> dict[str, Any]:
         """The union of several ranks' ledgers, epochs consumed whole closed: what the whole job consumed.
         The union of a union and its parts is the union again, so nothing counts twice."""
-        merged = SampleLedger.__new__(SampleLedger)
-        merged.names, merged.shards, merged.exact = self.names, self.shards, self.exact
+        merged = copy.copy(self)  # the same datasets
         merged.load_state_dict({"next": {}, "closed": {}, "open": {}})
         for state in states:
             for name in self.names:
